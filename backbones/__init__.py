@@ -1,0 +1,81 @@
+"""Backbone registry. Every backbone is a pure feature extractor:
+float [B, 3, 112, 112] (normalised to [-1, 1]) -> embeddings [B, num_features]; no method heads
+inside, so a saved model.pt is always a plain backbone state dict."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, List, Union
+
+import torch
+from torch import nn
+
+from backbones.iresnet import IRESNET_LAYERS, iresnet
+from backbones.mobilefacenet import mobilefacenet
+from backbones.tiny import tiny
+from backbones.vit import VIT_SIZES, vision_transformer
+
+_BUILDERS: Dict[str, Callable[..., nn.Module]] = {}
+for _name in IRESNET_LAYERS:
+    _BUILDERS[_name] = lambda name=_name, **kw: iresnet(name, **kw)
+for _name in VIT_SIZES:
+    _BUILDERS[_name] = lambda name=_name, **kw: vision_transformer(name, **kw)
+_BUILDERS["mbf"] = mobilefacenet
+_BUILDERS["tiny"] = tiny
+
+NETWORK_NAMES: List[str] = ["r18", "r34", "r50", "r100", "r200", "mbf",
+                            "vit_t", "vit_s", "vit_b", "vit_l", "tiny"]
+
+
+def get_model(name: str, num_features: int = 512, gradient_checkpointing: bool = False,
+              **kw) -> nn.Module:
+    """Build backbone `name` (one of NETWORK_NAMES) with `num_features`-d embeddings; extra
+    keyword arguments go to the network (e.g. dropout for r*, mask_ratio for vit_*)."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown network {name!r}; choose one of {', '.join(NETWORK_NAMES)}")
+    if int(num_features) <= 0:
+        raise ValueError(f"num_features must be positive, got {num_features}")
+    return _BUILDERS[name](num_features=int(num_features),
+                           gradient_checkpointing=gradient_checkpointing, **kw)
+
+
+def _describe_mismatch(model: nn.Module, state_dict: Dict[str, torch.Tensor], limit: int = 5) -> str:
+    """Missing keys, unexpected keys and shape mismatches (the first `limit` of each), or ''."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong_shape = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+                   for k, v in expected.items()
+                   if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    parts = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                         ("size mismatches (file vs network)", wrong_shape)):
+        if items:
+            more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+            parts.append(f"{len(items)} {label}: {', '.join(items[:limit])}{more}")
+    return "; ".join(parts)
+
+
+def load_backbone(path: Union[str, Path], name: str, num_features: int,
+                  device: Union[str, torch.device] = "cpu", **kw) -> nn.Module:
+    """Build `name` and load the backbone state dict at `path` (weights_only). A file written
+    for another network or feature size raises ValueError naming the file and the keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone file not found: {path}")
+    model = get_model(name, num_features, **kw)
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path}: not a readable torch state dict ({error})") from None
+    if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
+        raise ValueError(f"{path}: expected a backbone state dict (name -> tensor), "
+                         f"got {type(state_dict).__name__}")
+    # a state dict saved from a DistributedDataParallel wrapper
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+    mismatch = _describe_mismatch(model, state_dict)
+    if mismatch:
+        raise ValueError(f"{path} does not fit network {name!r} with num_features={num_features}: "
+                         f"{mismatch}")
+    model.load_state_dict(state_dict)
+    return model.to(device)

@@ -88,6 +88,7 @@ config.nccl_beta = 0.01
 config.nccl_temperature = 1.0
 config.nccl_clamp_logits_quirk = True   # reference: with fp16 the z logits are clamped to [-1, 1]
 config.nccl_entropy_filter = None       # optional "highly credible" filter threshold (off)
+config.nccl_logit_term_gradient = False  # reference: z_new reaches l2 through a gradient-free all_gather
 
 # ---- AdvBCT ----------------------------------------------------------------------------------
 config.advbct_boundary_threshold = 0.4

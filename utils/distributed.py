@@ -2,11 +2,16 @@
 plus the collectives the heads and methods share."""
 from __future__ import annotations
 
+import itertools
 import os
-from typing import List
+import re
+from datetime import timedelta
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
+
+_LOCAL_RANK_FLAG = re.compile(r"^--local[-_]rank(?:=(.*))?$")
 
 
 def is_distributed() -> bool:
@@ -24,6 +29,119 @@ def get_world_size() -> int:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def remove_launcher_args(argv: Sequence[str]) -> Tuple[Optional[int], List[str]]:
+    """Strip `--local-rank=N`, `--local_rank=N`, `--local_rank N` (torch.distributed.launch) from argv.
+
+    Returns (the local rank given, or None; the remaining arguments in order).
+    """
+    local_rank, remaining, position = None, [], 0
+    argv = list(argv)
+    while position < len(argv):
+        match = _LOCAL_RANK_FLAG.match(argv[position])
+        if match is None:
+            remaining.append(argv[position])
+            position += 1
+            continue
+        value = match.group(1)
+        if value is None:
+            if position + 1 >= len(argv):
+                raise ValueError(f"{argv[position]} needs a value")
+            value, position = argv[position + 1], position + 1
+        try:
+            local_rank = int(value)
+        except ValueError:
+            raise ValueError(f"{argv[position]}: local rank must be an integer, got {value!r}") from None
+        position += 1
+    return local_rank, remaining
+
+
+def _env_int(name: str) -> Optional[int]:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
+def init_distributed(argv: Sequence[str] = ()) -> Tuple[int, int, int, torch.device]:
+    """Join the process group set up by torchrun / torch.distributed.launch, or run alone.
+
+    torchrun and launch export RANK and WORLD_SIZE (and MASTER_ADDR/PORT); launch also passes
+    --local-rank=N, which wins over LOCAL_RANK. Without WORLD_SIZE > 1 this is a single process
+    with no process group. NCCL on GPU, gloo on CPU. Use remove_launcher_args(argv) for the rest.
+    """
+    argument_local_rank, _ = remove_launcher_args(argv)
+    world_size = _env_int("WORLD_SIZE") or 1
+    rank = _env_int("RANK") or 0
+    local_rank = argument_local_rank if argument_local_rank is not None else (_env_int("LOCAL_RANK") or 0)
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not is_distributed():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank,
+                                world_size=world_size, timeout=timedelta(minutes=60))
+    return rank, local_rank, world_size, device
+
+
+def cleanup() -> None:
+    """Leave the process group (no-op for a single process)."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
+    """Average the gradients of replicated (non-DDP) parameters over ranks; missing grads count as 0."""
+    world = get_world_size()
+    if world == 1:
+        return
+    trainable = [parameter for parameter in parameters if parameter.requires_grad]
+    if not trainable:
+        return
+    for parameter in trainable:
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+    flat = torch.cat([parameter.grad.reshape(-1) for parameter in trainable])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat.div_(world)
+    offset = 0
+    for parameter in trainable:
+        count = parameter.grad.numel()
+        parameter.grad.copy_(flat[offset:offset + count].view_as(parameter.grad))
+        offset += count
+
+
+@torch.no_grad()
+def broadcast_parameters(module: torch.nn.Module, source: int = 0) -> None:
+    """Copy rank `source`'s parameters and buffers into every rank's replica of `module`."""
+    if get_world_size() == 1:
+        return
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
+        dist.broadcast(tensor.data, src=source)
+
+
+def gather_objects(obj) -> Optional[list]:
+    """Every rank's picklable `obj` on rank 0 (in rank order); None on the other ranks."""
+    if get_world_size() == 1:
+        return [obj]
+    gathered = [None] * get_world_size() if get_rank() == 0 else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
+def broadcast_object(obj, source: int = 0):
+    """Rank `source`'s picklable object on every rank."""
+    if get_world_size() == 1:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=source)
+    return holder[0]
 
 
 class _AllGatherWithGrad(torch.autograd.Function):

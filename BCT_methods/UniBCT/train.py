@@ -1,0 +1,183 @@
+"""UniBCT: BCT with structurally refined prototypes (Zhang et al., IJCAI 2022).
+
+As BCT (BCT_methods/BCT/train.py), plus:
+- the influence term has weight 0 for epochs < unibct_start_epoch (10) and bct_weight after;
+- at the start of each epoch in unibct_refine_epochs (10, 20) every class prototype is refined
+  from the old features O_c [n, d] and the current new features N_c [n, d] of its images
+  (eval mode, raw features, as the reference):
+      E = softmax_dim0(N_c N_c^T / tau) with the diagonal set to -1e9         (tau = 0.05)
+      O'_c = (1 - lam) (I - lam E)^-1 O_c                                     Eq. (9), lam = 0.9
+      prototype_c = mean of the rows of O'_c (not re-normalised)              Eq. (10)
+  once per class (the reference re-solves it once per image), batched over classes of equal
+  size; the feature extraction and the solves are spread over the ranks;
+- the LR decays x decay_rate after each epoch in decay_epoch (20, 26, 32) instead of poly.
+The refined prototypes are method state: a resume does not refine again.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import logging  # noqa: E402
+import time  # noqa: E402
+from typing import List, Tuple  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from BCT_methods.BCT.train import BCTMethod  # noqa: E402
+from losses.compatibility import check_method_artifact, old_feature_store  # noqa: E402
+from utils.distributed import get_rank, get_world_size  # noqa: E402
+from utils.logging_utils import LOGGER_NAME  # noqa: E402
+
+logger = logging.getLogger(LOGGER_NAME)
+# images whose new features are extracted (by all ranks) and refined at a time: memory stays flat
+REFINE_CHUNK_IMAGES = 1 << 17
+# matrix entries (classes x n x n) per batched solve
+REFINE_SOLVE_ELEMENTS = 1 << 24
+
+
+def _refine_equal_size(old_features: torch.Tensor, new_features: torch.Tensor,
+                       tau: float, lam: float) -> torch.Tensor:
+    """Eq. (9)-(10) for b classes of n images each: [b, n, d] x2 -> prototypes [b, d]."""
+    size = new_features.shape[1]
+    edges = new_features @ new_features.transpose(1, 2) / tau
+    edges.diagonal(dim1=1, dim2=2).fill_(-1e9)
+    # mean_rows((1-lam) M^-1 O) = (1-lam)/n * u^T O with M^T u = 1, M = I - lam softmax_dim0(E):
+    # one solve per class. E is symmetric, so softmax_dim0(E)^T is the row softmax of E.
+    transposed_edges = torch.softmax(edges, dim=2)
+    identity = torch.eye(size, dtype=edges.dtype, device=edges.device)
+    ones = torch.ones(edges.shape[0], size, 1, dtype=edges.dtype, device=edges.device)
+    row_weights = torch.linalg.solve(identity - lam * transposed_edges, ones)
+    return (1.0 - lam) / size * (row_weights.transpose(1, 2) @ old_features).squeeze(1)
+
+
+def refine_class_prototypes(old_features: torch.Tensor, new_features: torch.Tensor, labels: torch.Tensor,
+                            tau: float, lam: float,
+                            solve_elements: int = REFINE_SOLVE_ELEMENTS) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Refined prototype of every class present in `labels` (rows of the two feature tensors).
+
+    Returns (class ids [k], prototypes [k, d]); classes are grouped by image count so each group
+    is one batched solve with no padding.
+    """
+    order = torch.argsort(labels, stable=True)
+    class_ids, sizes = torch.unique_consecutive(labels[order], return_counts=True)
+    starts = torch.cumsum(sizes, 0) - sizes
+    prototypes = torch.empty(len(class_ids), old_features.shape[1], dtype=old_features.dtype,
+                             device=old_features.device)
+    for size in torch.unique(sizes).tolist():
+        group = torch.nonzero(sizes == size).squeeze(1)
+        for part in group.split(max(1, solve_elements // (size * size))):
+            rows = order[starts[part, None] + torch.arange(size, device=order.device)]
+            prototypes[part] = _refine_equal_size(old_features[rows], new_features[rows], tau, lam)
+    return class_ids, prototypes
+
+
+def classes_of_rank(class_sizes: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """Boolean [C]: the classes this rank refines (largest first, dealt round-robin: balanced work)."""
+    by_size = np.argsort(-class_sizes, kind="stable")
+    owned = np.zeros(len(class_sizes), dtype=bool)
+    owned[by_size[rank::world_size]] = True
+    return owned & (class_sizes > 0)
+
+
+def image_chunks(class_ids: np.ndarray, class_sizes: np.ndarray, limit: int) -> List[np.ndarray]:
+    """Split classes into runs whose image counts add up to about `limit` (whole classes only)."""
+    boundaries = np.cumsum(class_sizes[class_ids]) // max(1, limit)
+    return [class_ids[boundaries == value] for value in np.unique(boundaries)]
+
+
+class UniBCTMethod(BCTMethod):
+    name = "UniBCT"
+
+    def __init__(self, cfg, env):
+        super().__init__(cfg, env)
+        self.dataset_labels: np.ndarray | None = None
+        self.refined_epochs: List[int] = []
+
+    def validate_inputs(self, dataset) -> None:
+        super().validate_inputs(dataset)
+        # refinement mixes old features into prototypes used against n(f_new): same size
+        check_method_artifact(self.cfg, "old_features", "old_features", dataset, self.name,
+                              expected_dim=self.cfg.embedding_size)
+        self.dataset_labels = np.asarray(dataset.labels, dtype=np.int64)
+
+    def influence_weight(self, progress) -> float:
+        return 0.0 if progress.epoch < self.cfg.unibct_start_epoch else float(self.cfg.bct_weight)
+
+    def lr_lambda(self, steps_per_epoch, total_steps):
+        decay_epochs = sorted(int(epoch) for epoch in self.cfg.decay_epoch)
+        rate = float(self.cfg.decay_rate)
+
+        def factor(step: int) -> float:
+            epoch = step // max(1, steps_per_epoch)
+            return rate ** sum(epoch >= decay_epoch for decay_epoch in decay_epochs)
+        return factor
+
+    def on_epoch_start(self, epoch, trainer) -> None:
+        if epoch not in tuple(self.cfg.unibct_refine_epochs) or epoch in self.refined_epochs:
+            return
+        start = time.time()
+        self.class_prototypes = self.refined_prototypes(trainer)
+        self.refined_epochs.append(int(epoch))
+        logger.info(f"UniBCT: refined {len(self.class_prototypes)} class prototypes at the start of epoch "
+                    f"{epoch} in {time.time() - start:.1f} s")
+
+    @torch.no_grad()
+    def refined_prototypes(self, trainer) -> torch.Tensor:
+        """Refine every class: features are extracted by all ranks together (trainer.extract_features
+        is collective), each rank solves its share of the classes, the disjoint shares are summed."""
+        labels = self.dataset_labels
+        class_sizes = np.bincount(labels, minlength=len(self.class_prototypes))
+        owned = classes_of_rank(class_sizes, get_rank(), get_world_size())
+        old_store = old_feature_store(self.cfg, normalise_rows=False)
+        refined = torch.zeros_like(self.class_prototypes)
+        device = refined.device
+        # the same chunks on every rank: extract_features is a collective call
+        chunks = image_chunks(np.nonzero(class_sizes)[0], class_sizes, REFINE_CHUNK_IMAGES)
+        done = 0
+        for number, chunk in enumerate(chunks, start=1):
+            in_chunk = np.zeros(len(class_sizes), dtype=bool)
+            in_chunk[chunk] = True
+            indices = np.nonzero(in_chunk[labels])[0]
+            new_features = trainer.extract_features(indices, batch_size=self.cfg.unibct_refine_batch_size)
+            done += len(indices)
+            logger.info(f"UniBCT refinement: chunk {number}/{len(chunks)}, {done}/{len(labels)} images embedded")
+            mine = owned[labels[indices]]
+            if not mine.any():
+                continue
+            old_features = torch.from_numpy(np.asarray(old_store[indices[mine]], dtype=np.float32)).to(device)
+            class_ids, prototypes = refine_class_prototypes(
+                old_features, new_features[torch.from_numpy(mine).to(new_features.device)].float().to(device),
+                torch.from_numpy(labels[indices[mine]]).to(device),
+                self.cfg.unibct_tau, self.cfg.unibct_lambda)
+            refined[class_ids] = prototypes
+        if get_world_size() > 1:
+            dist.all_reduce(refined, op=dist.ReduceOp.SUM)
+        # a class with no image keeps its current prototype
+        empty = torch.from_numpy(class_sizes == 0).to(device)
+        return torch.where(empty[:, None], self.class_prototypes, refined)
+
+    def extra_state(self):
+        return {"class_prototypes": self.class_prototypes.detach().cpu(),
+                "refined_epochs": list(self.refined_epochs)}
+
+    def load_extra_state(self, state) -> None:
+        missing = {"class_prototypes", "refined_epochs"} - set(state)
+        if missing:
+            raise ValueError(f"UniBCT checkpoint state lacks {sorted(missing)}")
+        prototypes = state["class_prototypes"]
+        if self.class_prototypes is not None and prototypes.shape != self.class_prototypes.shape:
+            raise ValueError(f"UniBCT checkpoint prototypes have shape {list(prototypes.shape)}, "
+                             f"the run expects {list(self.class_prototypes.shape)}")
+        device = self.env.device
+        self.class_prototypes = prototypes.float().to(device)
+        self.refined_epochs = [int(epoch) for epoch in state["refined_epochs"]]
+
+
+if __name__ == "__main__":
+    from utils.engine import train
+    train(UniBCTMethod)

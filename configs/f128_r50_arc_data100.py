@@ -1,0 +1,7 @@
+"""Independent new model (upper bound): r50 ArcFace via Partial FC, 128-d features, MS1M-V3 data100.
+
+    torchrun --nproc_per_node=8 train_old_arc.py configs/f128_r50_arc_data100.py
+"""
+from configs.ms1mv3 import grid_config
+
+config = grid_config("data100", method="arcface", network="r50", embedding_size=128)

@@ -1,0 +1,243 @@
+"""End to end: ijbc_eval.py (self/cross x 1:1/1:N, -B, -P), the embedding cache, bad-input
+errors and compat_report.py, on a tiny random protocol with tiny random backbones. Expected
+values come from an independent pipeline written here (skimage alignment, separate forward
+passes, loops over templates)."""
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_curve as sklearn_roc_curve
+
+from backbones import get_model, load_backbone
+from tests.test_ijbc_metrics import reference_style_one_to_n
+from tests.test_ijbc_pooling import naive_templates, skimage_similarity
+from tools.ijbc_eval import compat_report, ijbc_eval
+from tools.ijbc_eval.embed import EmbeddingOptions, model_embeddings
+from tools.ijbc_eval.evaluation import run_identification, run_verification
+from tools.ijbc_eval.pooling import Variant
+from tools.ijbc_eval.protocol import load_identification_protocol, load_verification_protocol
+from tools.ijbc_eval.toy_protocol import write_toy_protocol
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = Variant.parse("N0D1F1")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ijb")
+    truth = write_toy_protocol(root / "data", "IJBC", num_subjects=6, templates_per_subject=3,
+                               images_per_template=2, image_size=48, seed=3)
+    for seed, name, size in ((0, "new", 128), (1, "old", 128), (2, "indep", 128), (3, "small", 64)):
+        torch.manual_seed(seed)
+        model = get_model("tiny", size)
+        # random BatchNorm statistics so that the untrained nets give spread-out embeddings
+        for module in model.modules():
+            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                module.running_mean.uniform_(-0.1, 0.1)
+        torch.save(model.state_dict(), root / f"{name}.pt")
+    return root, truth
+
+
+def cli(root, *arguments):
+    common = ["-d", str(root / "data"), "--workers", "0", "--device", "cpu", "-b", "16"]
+    return ijbc_eval.main([*arguments, *common])
+
+
+def independent_embeddings(model_path, root, num_features=128):
+    """f(img) and f(flip) with skimage's similarity fit and a forward pass per view."""
+    protocol = load_verification_protocol(root / "data", "IJBC")
+    model = load_backbone(model_path, "tiny", num_features).eval()
+    faces = []
+    for name, points in zip(protocol.image_names, protocol.landmarks):
+        image = cv2.imread(str(protocol.image_dir / name))
+        transform = skimage_similarity(points.astype(np.float64))
+        faces.append(cv2.cvtColor(cv2.warpAffine(image, transform, (112, 112), borderValue=0.0),
+                                  cv2.COLOR_BGR2RGB))
+    batch = (torch.tensor(np.stack(faces)).permute(0, 3, 1, 2).float() - 127.5) / 127.5
+    with torch.no_grad():
+        return model(batch).numpy(), model(batch.flip(3)).numpy(), protocol
+
+
+def naive_pair_scores(first_templates, second_templates, protocol):
+    return np.array([first_templates[a] @ second_templates[b] for a, b in protocol.pair_templates])
+
+
+@pytest.fixture(scope="module")
+def expected(workspace):
+    root, _ = workspace
+    result = {}
+    for name in ("new", "old"):
+        embeddings, flips, protocol = independent_embeddings(root / f"{name}.pt", root)
+        result[name] = naive_templates(embeddings, flips, protocol.faceness, DEFAULT,
+                                       protocol.image_templates, protocol.image_medias)
+    result["protocol"] = protocol
+    return result
+
+
+def load_result(folder, stem):
+    with np.load(folder / f"{stem}.npz") as saved:
+        arrays = {key: saved[key] for key in saved.files}
+    return arrays, json.loads((folder / f"{stem}.json").read_text())
+
+
+def test_self_and_cross_one_to_one(workspace, expected):
+    root, _ = workspace
+    protocol = expected["protocol"]
+    assert cli(root, "-m", str(root / "new.pt"), "-net", "tiny", "-R", str(root / "self")) == 0
+    arrays, report = load_result(root / "self", "new_IJBC_11")
+    np.testing.assert_allclose(arrays["scores"][0], naive_pair_scores(expected["new"], expected["new"], protocol),
+                               atol=2e-4)
+    assert arrays["label"].tolist() == protocol.pair_labels.tolist()
+    assert report["settings"]["test"] == "self" and (root / "self" / "new_IJBC_11_roc.png").is_file()
+
+    assert cli(root, "-m", str(root / "new.pt"), "-net", "tiny", "-m_old", str(root / "old.pt"),
+               "-old_net", "tiny", "-R", str(root / "cross")) == 0
+    arrays, report = load_result(root / "cross", "new_vs_old_IJBC_11")
+    np.testing.assert_allclose(arrays["scores"][0], naive_pair_scores(expected["old"], expected["new"], protocol),
+                               atol=2e-4)
+    metrics = report["verification"]["new_vs_old_IJBC_11"]
+    assert metrics["num_genuine"] == int(protocol.pair_labels.sum())
+    assert 0.0 <= metrics["auc"] <= 1.0
+
+
+def naive_identification(gallery_templates, probe_templates, root, truth):
+    identification = load_identification_protocol(root / "data", "IJBC", truth["template_ids"])
+    probes = identification.probes
+    probe_features = np.stack([probe_templates[t] for t in probes.template_ids])
+    results = {}
+    for name, gallery in identification.galleries.items():
+        gallery_features = np.stack([gallery_templates[t] for t in gallery.template_ids])
+        results[name] = reference_style_one_to_n(probe_features @ gallery_features.T, probes.subject_ids,
+                                                 gallery.subject_ids, [1e-2, 1.0])
+    return results
+
+
+@pytest.mark.parametrize("cross", [False, True], ids=["self", "cross"])
+def test_one_to_n(workspace, expected, cross):
+    root, truth = workspace
+    arguments = ["-m", str(root / "new.pt"), "-net", "tiny", "-N", "-R", str(root / "one_to_n")]
+    if cross:
+        arguments += ["-m_old", str(root / "old.pt"), "-old_net", "tiny"]
+    assert cli(root, *arguments) == 0
+    stem = "new_vs_old_IJBC_1N" if cross else "new_IJBC_1N"
+    arrays, report = load_result(root / "one_to_n", stem)
+    result = report["identification"][stem]
+    naive = naive_identification(expected["old" if cross else "new"], expected["new"], root, truth)
+    for gallery, (top1, top5, tpir) in naive.items():
+        assert result[gallery]["top_k"]["1"] == pytest.approx(top1)
+        assert result[gallery]["top_k"]["5"] == pytest.approx(top5)
+        grid = np.asarray(result[gallery]["fpir"])
+        for fpir, value in zip([1e-2, 1.0], tpir):
+            assert result[gallery]["tpir"][int(np.argmin(abs(grid - fpir)))] == pytest.approx(value)
+    assert arrays["scores"].shape == (1, 2, 101)
+    assert (root / "one_to_n" / f"{stem}_tpir.png").is_file()
+
+
+def test_bunch_and_plot_only(workspace, expected):
+    root, _ = workspace
+    assert cli(root, "-m", str(root / "new.pt"), "-net", "tiny", "-B", "-E", "-R", str(root / "bunch")) == 0
+    arrays, _ = load_result(root / "bunch", "new_IJBC_11")
+    names = arrays["names"].tolist()
+    assert len(names) == 8 and names[0] == "new_IJBC_11_N1D1F1"
+    protocol = expected["protocol"]
+    np.testing.assert_allclose(arrays["scores"][names.index("new_IJBC_11_N0D1F1")],
+                               naive_pair_scores(expected["new"], expected["new"], protocol), atol=2e-4)
+    variant = Variant.parse("N1D0F0")
+    plain = naive_templates(arrays["embs"].astype(np.float64), arrays["embs_f"], protocol.faceness, variant,
+                            protocol.image_templates, protocol.image_medias)
+    np.testing.assert_allclose(arrays["scores"][names.index("new_IJBC_11_N1D0F0")],
+                               naive_pair_scores(plain, plain, protocol), atol=2e-4)
+    assert cli(root, "-m", str(root / "new.pt"), "-net", "tiny", "-N", "-R", str(root / "bunch")) == 0
+    files = [str(root / "bunch" / "new_IJBC_11.npz"), str(root / "bunch" / "new_IJBC_1N.npz")]
+    assert ijbc_eval.main(["-P", *files, "-R", str(root / "replot")]) == 0
+    assert (root / "replot" / "replot_roc.png").is_file() and (root / "replot" / "replot_tpir.png").is_file()
+
+
+def test_cache_reuse_and_key_mismatch(workspace, tmp_path, capsys):
+    root, _ = workspace
+    protocol = load_verification_protocol(root / "data", "IJBC")
+    options = EmbeddingOptions(batch_size=16, workers=0, cache_dir=tmp_path / "cache")
+    first = model_embeddings(root / "new.pt", "tiny", protocol, options)
+    second = model_embeddings(root / "new.pt", "tiny", protocol, options)
+    assert not first.from_cache and second.from_cache
+    np.testing.assert_array_equal(first.embeddings, second.embeddings)
+    # a different image list (one landmark moved) must not reuse the embeddings
+    moved = dataclasses.replace(protocol, image_list_sha256="0" * 64)
+    assert not model_embeddings(root / "new.pt", "tiny", moved, options).from_cache
+    assert "built for other settings (image_list_sha256" in capsys.readouterr().out
+    assert model_embeddings(root / "new.pt", "tiny", moved, options).from_cache
+    forced = dataclasses.replace(options, force_reload=True)
+    assert not model_embeddings(root / "new.pt", "tiny", moved, forced).from_cache
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # replaced in place, no temporary left
+
+
+def test_self_test_equals_cross_test_with_the_same_model(workspace):
+    root, truth = workspace
+    protocol = load_verification_protocol(root / "data", "IJBC")
+    identification = load_identification_protocol(root / "data", "IJBC", truth["template_ids"])
+    options = EmbeddingOptions(batch_size=16, workers=0, cache_dir=root / "data" / ".eval_cache")
+    new = model_embeddings(root / "new.pt", "tiny", protocol, options)
+    twin = dataclasses.replace(new, model_sha256="twin", embeddings=new.embeddings.copy())
+    self_metrics, self_scores = run_verification(protocol, new, None, [DEFAULT])
+    cross_metrics, cross_scores = run_verification(protocol, new, twin, [DEFAULT])
+    np.testing.assert_allclose(cross_scores["N0D1F1"], self_scores["N0D1F1"], atol=1e-6)
+    assert cross_metrics["N0D1F1"]["tar_threshold"] == self_metrics["N0D1F1"]["tar_threshold"]
+    self_one_to_n = run_identification(protocol, identification, new, None, [DEFAULT])["N0D1F1"]
+    cross_one_to_n = run_identification(protocol, identification, new, twin, [DEFAULT])["N0D1F1"]
+    assert cross_one_to_n["G1"]["top_k"] == self_one_to_n["G1"]["top_k"]
+    np.testing.assert_allclose(cross_one_to_n["mean_tpir"], self_one_to_n["mean_tpir"])
+
+
+def test_model_and_size_errors_are_one_line(workspace, capsys):
+    root, _ = workspace
+    assert cli(root, "-m", str(root / "new.pt"), "-net", "tiny", "--num-features", "64", "-F",
+               "-R", str(root / "err")) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("ijbc_eval: error:") and "does not fit network 'tiny'" in error
+    assert len(error.splitlines()) == 1
+    assert cli(root, "-m", str(root / "new.pt"), "-net", "tiny", "-m_old", str(root / "small.pt"),
+               "-old_net", "tiny", "-R", str(root / "err")) == 1
+    assert "cross-test needs equal feature sizes" in capsys.readouterr().err
+
+
+@pytest.mark.heavy  # a fresh interpreter importing torch: ~5-15 s; main() is tested in-process above
+def test_script_exits_non_zero_with_one_line(tmp_path):
+    completed = subprocess.run([sys.executable, str(REPO / "tools/ijbc_eval/ijbc_eval.py"), "-m", "x.pt",
+                                "-net", "tiny", "-d", str(tmp_path)], capture_output=True, text=True,
+                               cwd=tmp_path)
+    assert completed.returncode == 1
+    assert completed.stderr.strip().splitlines() == [
+        f"ijbc_eval: error: IJBC landmarks file not found: {tmp_path}/IJBC/meta/ijbc_name_5pts_score.txt"]
+
+
+def test_compatibility_report(workspace, expected, capsys):
+    root, _ = workspace
+    output = root / "compat"
+    assert compat_report.main(["--old", f"{root / 'old.pt'}:tiny",
+                               "--new", f"A={root / 'new.pt'}:tiny", "--new", f"B={root / 'indep.pt'}",
+                               "--new-net", "tiny",
+                               "--independent", str(root / "indep.pt"), "-d", str(root / "data"),
+                               "-o", str(output), "--workers", "0", "--device", "cpu"]) == 0
+    report = json.loads((output / "compat_report.json").read_text())
+    rows = report["rows"]
+    assert list(rows) == ["old/old", "A new/new", "A new/old", "B new/new", "B new/old",
+                          "new* new/new", "new* new/old"]
+    assert rows["B new/old"] == rows["new* new/old"]  # B is the independent model
+    protocol = expected["protocol"]
+    fpr, tpr, _ = sklearn_roc_curve(protocol.pair_labels,
+                                    naive_pair_scores(expected["new"], expected["new"], protocol))
+    fpr, tpr = np.flipud(fpr), np.flipud(tpr)
+    assert rows["A new/new"]["TAR@FAR=1e-4"] == pytest.approx(tpr[np.argmin(abs(fpr - 1e-4))])
+    for metric, verdict in report["compatibility"]["A"].items():
+        old, cross, independent = rows["old/old"][metric], rows["A new/old"][metric], rows["new* new/new"][metric]
+        assert verdict["compatible"] == (cross > old)
+        if independent != old:
+            assert verdict["gain"] == pytest.approx((cross - old) / (independent - old))
+    assert (output / "compat_report.png").is_file() and (output / "compat_report.md").is_file()
+    assert "| A new/old |" in capsys.readouterr().out

@@ -1,0 +1,217 @@
+"""The main job end to end on the embedded synthetic data set.
+
+generate data -> split -> old model -> old-model artifacts -> independent new model and the six
+compatible new models -> IJB-C self/cross tests 1:1 and 1:N -> compatibility report.
+
+Every step is a subprocess call of the same script a user runs on MS1M-V3 / IJB-C; this file
+only chooses the paths and the sizes. Finished steps are skipped on a re-run (a stamp file per
+step); a training step that was killed resumes from its last full-state checkpoint.
+
+    python tools/demo/run_demo.py                      # default size, Open-class scenario
+    python tools/demo/run_demo.py --quick              # the size the test suite uses
+    python tools/demo/run_demo.py --scenario EXdata --out demo_output/exdata
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+METHODS = ("L2", "BCT", "UniBCT", "NCCL", "AdvBCT", "MixBCT")
+
+# scenario -> (old model's subset, new model's subset); subsets are folders of the split output
+SCENARIOS: Dict[str, tuple] = {
+    "OPclass": ("class30", "class70"),
+    "EXclass": ("class30", "class100"),
+    "OPdata": ("data30", "data70"),
+    "EXdata": ("data30", "data100"),
+}
+SUBSET_FOLDERS = {
+    "class30": "train_part_30_class", "class70": "train_part_70_class",
+    "data30": "train_part_30_data", "data70": "train_part_70_data",
+    "class100": ".", "data100": ".",
+}
+
+# Sizes. The training settings are config overrides on the shipped synthetic configs.
+SIZES = {
+    "default": {
+        "generate": [],
+        "old_epochs": 12, "new_epochs": 12,
+        "unibct": {"unibct_start_epoch": 4, "unibct_refine_epochs": (4, 8), "decay_epoch": [8, 10, 11]},
+    },
+    "quick": {
+        "generate": ["--quick"],
+        "old_epochs": 4, "new_epochs": 3,
+        "unibct": {"unibct_start_epoch": 1, "unibct_refine_epochs": (1, 2), "decay_epoch": [2]},
+    },
+}
+
+
+@dataclass
+class Step:
+    name: str
+    command: List[str]
+    training_output: Path | None = None   # a training step resumes from <output>/checkpoint.pt
+    env: Dict[str, str] = field(default_factory=dict)
+
+
+def python_script(path: str, *args) -> List[str]:
+    return [sys.executable, str(REPO_ROOT / path), *[str(a) for a in args]]
+
+
+def overrides(**values) -> List[str]:
+    """`--set key=value` pairs; values are written as Python literals for the config loader."""
+    out: List[str] = []
+    for key, value in values.items():
+        out += ["--set", f"{key}={value!r}"]
+    return out
+
+
+def plan(args) -> List[Step]:
+    size = SIZES["quick" if args.quick else "default"]
+    out = args.out.resolve()
+    data = out / "dataset" / "synthetic"
+    old_subset, new_subset = SCENARIOS[args.scenario]
+    old_rec = (data / SUBSET_FOLDERS[old_subset]).resolve()
+    new_rec = (data / SUBSET_FOLDERS[new_subset]).resolve()
+    artifacts = out / "feature_save" / args.scenario
+    sd = f"f128_tiny_softmax_{new_subset}"
+    old_output = out / "work_dirs" / f"old_f128_tiny_softmax_{old_subset}"
+    common = dict(seed=args.seed, num_workers=args.workers)
+
+    steps = [
+        Step("generate", python_script("tools/synthetic/generate.py", "--out", data,
+                                       "--seed", args.seed, *size["generate"])),
+        Step("split", python_script("tools/split_dataset/split_dataset_ms1mv3.py",
+                                    "--input", data, "--ratio", 0.3)),
+        Step("old_model", python_script(
+            "train_old_softmax.py", "configs/synthetic_f128_tiny_softmax_class30.py",
+            *overrides(rec=str(old_rec), output=str(old_output), num_epoch=size["old_epochs"], **common)),
+            training_output=old_output),
+    ]
+    old_config = REPO_ROOT / "configs" / "synthetic_f128_tiny_softmax_class30.py"
+    model_args = ["--data", new_rec, "--out", artifacts, "--model", old_output / "model.pt"]
+    steps += [
+        Step("old_features", python_script("tools/get_feature/get_feature.py", old_config,
+                                           "--SD", sd, *model_args, "--num-workers", args.workers)),
+        Step("class_prototypes", python_script("tools/get_feature/get_avg_feature.py", "--SD", sd,
+                                               "--data", new_rec, "--out", artifacts)),
+        Step("credible_mask", python_script("tools/denoising/denoise_credible.py", "--T", 0.9, "--SD", sd,
+                                            "--data", new_rec, "--out", artifacts)),
+        Step("class_meta", python_script("tools/get_feature/get_class_meta.py", "--SD", sd,
+                                         "--data", new_rec, "--out", artifacts)),
+    ]
+    new_training = dict(rec=str(new_rec), num_epoch=size["new_epochs"], **common)
+    independent_output = out / "work_dirs" / f"independent_f128_tiny_arc_{new_subset}"
+    steps.append(Step("independent_new_model", python_script(
+        "train_old_arc.py", "configs/synthetic_f128_tiny_arc_class70.py",
+        *overrides(output=str(independent_output), **new_training)), training_output=independent_output))
+    artifact_paths = dict(
+        old_features=str(artifacts / f"{sd}_feature.npy"),
+        old_labels=str(artifacts / f"{sd}_label.npy"),
+        class_prototypes=str(artifacts / f"{sd}_avg_feature.npy"),
+        credible_mask=str(artifacts / f"{sd}_credible_0.9.npy"),
+        class_meta=str(artifacts / f"{sd}_class_meta.npz"),
+    )
+    new_models = {}
+    for method in METHODS:
+        output = out / "work_dirs" / f"{method}_f128_tiny_{new_subset}"
+        extra = size["unibct"] if method == "UniBCT" else {}
+        config = REPO_ROOT / "BCT_methods" / method / "configs" / f"synthetic_OPclass_tiny_{method}_softmax_to_arc_f128.py"
+        steps.append(Step(f"new_model_{method}", python_script(
+            f"BCT_methods/{method}/train.py", config,
+            *overrides(output=str(output), **new_training, **artifact_paths, **extra)), training_output=output))
+        new_models[method] = output / "model.pt"
+
+    report = ["--old", f"{old_output / 'model.pt'}:tiny", "--independent", f"{independent_output / 'model.pt'}:tiny"]
+    for method, path in new_models.items():
+        report += ["--new", f"{method}={path}:tiny"]
+    steps.append(Step("evaluate_and_report", python_script(
+        "tools/ijbc_eval/compat_report.py", *report, "-d", data, "-o", out / "report",
+        "--workers", args.workers)))
+    return steps
+
+
+def run_step(step: Step, index: int, total: int, stamps: Path, logs: Path) -> float:
+    stamp = stamps / f"{step.name}.done"
+    if stamp.exists():
+        print(f"[{index}/{total}] {step.name}: done earlier, skipped", flush=True)
+        return 0.0
+    command = list(step.command)
+    if step.training_output is not None and (step.training_output / "checkpoint.pt").exists():
+        command.append("--resume")
+        print(f"[{index}/{total}] {step.name}: resuming from {step.training_output / 'checkpoint.pt'}", flush=True)
+    print(f"[{index}/{total}] {step.name}: {shlex.join(command)}", flush=True)
+    log_path = logs / f"{step.name}.log"
+    start = time.time()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **step.env}
+    with open(log_path, "a") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            print(f"    {line.rstrip()}", flush=True)
+        code = process.wait()
+    seconds = time.time() - start
+    if code != 0:
+        raise SystemExit(f"demo: step {step.name!r} failed (exit {code}); its log: {log_path}")
+    tmp = stamp.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"command": command, "seconds": round(seconds, 1)}) + "\n")
+    os.replace(tmp, stamp)
+    print(f"[{index}/{total}] {step.name}: finished in {seconds:.1f} s", flush=True)
+    return seconds
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "demo_output",
+                        help="folder for everything the run writes (default: demo_output/)")
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="OPclass",
+                        help="which old/new data split to simulate (default: OPclass)")
+    parser.add_argument("--quick", action="store_true", help="small sizes (used by the test suite)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and of every training")
+    parser.add_argument("--workers", type=int, default=2, help="data-loader workers per step")
+    parser.add_argument("--only", nargs="*", default=None, help="run only these steps (names as printed)")
+    args = parser.parse_args(argv)
+
+    steps = plan(args)
+    if args.only:
+        unknown = sorted(set(args.only) - {s.name for s in steps})
+        if unknown:
+            raise SystemExit(f"demo: unknown step(s) {unknown}; steps are {[s.name for s in steps]}")
+        steps = [s for s in steps if s.name in args.only]
+    out = args.out.resolve()
+    stamps, logs = out / ".steps", out / "logs"
+    stamps.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
+    settings = {"scenario": args.scenario, "quick": args.quick, "seed": args.seed}
+    settings_file = out / "demo_settings.json"
+    if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
+        raise SystemExit(f"demo: {out} holds a run with other settings ({settings_file.read_text().strip()}); "
+                         "use another --out")
+    settings_file.write_text(json.dumps(settings) + "\n")
+
+    start = time.time()
+    times = {}
+    for index, step in enumerate(steps, 1):
+        times[step.name] = run_step(step, index, len(steps), stamps, logs)
+    wall = time.time() - start
+    print(f"demo: all {len(steps)} steps finished in {wall:.1f} s ({wall / 60:.1f} min); outputs in {out}")
+    report = out / "report" / "compatibility.md"
+    if report.exists():
+        print(report.read_text())
+
+
+if __name__ == "__main__":
+    main()

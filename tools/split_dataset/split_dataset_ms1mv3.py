@@ -1,0 +1,166 @@
+"""Split an insightface rec (MS1M-V3) into the four training subsets of the scenarios.
+
+    python tools/split_dataset/split_dataset_ms1mv3.py [--input dataset/ms1m-retinaface-t1] [--ratio 0.3]
+
+writes, as sub-folders of the input folder (or of --out), four valid insightface recs:
+  train_part_30_class  identities y < N30 = round(C * ratio), labels kept
+  train_part_70_class  the other identities, relabelled y - N30
+  train_part_30_data   per identity the first k = max(1, round(ratio * n)) images in record order
+  train_part_70_data   the remaining images (an identity with one image goes to both data subsets)
+(30/70 follow --ratio). Deterministic, no RNG. Image payloads are copied byte for byte, streaming
+record by record, so memory stays flat for millions of images.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from utils.face_rec import REC_NAME, FaceRecIndex, FaceRecWriter, read_property  # noqa: E402
+from utils.progress import ProgressReporter, run_tool  # noqa: E402
+from utils.recordio import unpack  # noqa: E402
+
+
+def check_grouped_labels(labels: np.ndarray, image_keys: np.ndarray, where) -> None:
+    """Labels must start at 0 and step by 0 or 1 in record order; name the first record that breaks it."""
+    if len(labels) == 0:
+        raise ValueError(f"{where}: no images")
+    if labels[0] != 0:
+        raise ValueError(f"{where}: record key {int(image_keys[0])} is the first image but has "
+                         f"label {int(labels[0])}, expected 0")
+    steps = np.diff(labels)
+    broken = np.flatnonzero((steps != 0) & (steps != 1))
+    if broken.size:
+        at = int(broken[0]) + 1
+        raise ValueError(f"{where}: record key {int(image_keys[at])} has label {int(labels[at])} "
+                         f"after label {int(labels[at - 1])}: labels must be contiguous and "
+                         f"ascending in record order")
+
+
+def class_split(labels: np.ndarray, ratio: float):
+    """(N30, first-part mask): identities below N30 = round(C * ratio) form the first part."""
+    num_classes = int(labels.max()) + 1
+    first_classes = int(round(num_classes * ratio))
+    return first_classes, labels < first_classes
+
+
+def data_split(labels: np.ndarray, ratio: float):
+    """(first-part mask, second-part mask) per image: per identity the first max(1, round(ratio*n))
+    images go to the first part, the rest to the second; single-image identities go to both."""
+    counts = np.bincount(labels)
+    class_starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    position_in_class = np.arange(len(labels)) - class_starts[labels]
+    # np.rint rounds half to even, as Python's round does, on the same float64 product
+    first_count = np.maximum(1, np.rint(ratio * counts.astype(np.float64)).astype(np.int64))
+    in_first = position_in_class < first_count[labels]
+    single = counts[labels] == 1
+    return in_first, ~in_first | single
+
+
+def split_names(ratio: float):
+    first = int(round(ratio * 100))
+    second = 100 - first
+    if first == second:
+        raise ValueError(f"--ratio {ratio} names both parts train_part_{first}_*: pick another ratio")
+    return {"first_class": f"train_part_{first}_class", "second_class": f"train_part_{second}_class",
+            "first_data": f"train_part_{first}_data", "second_data": f"train_part_{second}_data"}
+
+
+def _image_label(header) -> int:
+    label = header.label
+    return int(label if header.flag == 0 else label[0])
+
+
+def split_rec(input_dir, output_root, ratio: float, overwrite: bool = False,
+              progress_seconds: float = 30.0):
+    """Write the four subsets; return {subset folder name: (num_image, num_classes)}."""
+    input_dir, output_root = Path(input_dir), Path(output_root)
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"--ratio must be strictly between 0 and 1, got {ratio}")
+    if not (input_dir / REC_NAME).is_file():
+        raise ValueError(f"{input_dir}: no {REC_NAME} in this folder")
+    _, height, width = read_property(input_dir)
+    names = split_names(ratio)
+    existing = [name for name in names.values() if (output_root / name / REC_NAME).exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{output_root / existing[0]} already holds a {REC_NAME} "
+                         f"(pass --overwrite to replace it)")
+
+    # labels from the image records themselves, so a disorder is named by its record key
+    index = FaceRecIndex(input_dir, labels_from="images")
+    labels, image_keys = index.labels, index.image_keys
+    check_grouped_labels(labels, image_keys, input_dir / REC_NAME)
+    first_classes, in_first_class = class_split(labels, ratio)
+    in_first_data, in_second_data = data_split(labels, ratio)
+    print(f"{input_dir}: {len(labels)} images, {int(labels[-1]) + 1} identities; "
+          f"class split at identity {first_classes}", flush=True)
+
+    writers = {key: FaceRecWriter(output_root / name, image_size=(height, width))
+               for key, name in names.items()}
+    progress = ProgressReporter(len(labels), "split", "img", every_seconds=progress_seconds)
+    reader = index.reader
+    try:
+        for position, (key, offset) in enumerate(zip(image_keys.tolist(), index.image_offsets.tolist())):
+            header, payload = unpack(reader.read_at(offset))
+            label = int(labels[position])
+            if _image_label(header) != label:
+                raise ValueError(f"{input_dir / REC_NAME}: record key {key} changed while reading "
+                                 f"(label {_image_label(header)}, indexed as {label})")
+            if in_first_class[position]:
+                writers["first_class"].add(label, payload)
+            else:
+                writers["second_class"].add(label - first_classes, payload)
+            if in_first_data[position]:
+                writers["first_data"].add(label, payload)
+            if in_second_data[position]:
+                writers["second_data"].add(label, payload)
+            progress.update(1)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    summary = {}
+    for key, writer in writers.items():
+        writer.close()
+        summary[names[key]] = (writer.num_image, writer.num_classes)
+    progress.close()
+    return summary
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", default="dataset/ms1m-retinaface-t1",
+                        help="rec folder with train.rec, train.idx, property "
+                             "(default: dataset/ms1m-retinaface-t1, relative to the repository)")
+    parser.add_argument("--ratio", type=float, default=0.3,
+                        help="fraction of identities (class split) and of each identity's images "
+                             "(data split) that goes to the first part (default 0.3)")
+    parser.add_argument("--out", default=None,
+                        help="folder receiving the four subset folders (default: --input)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace subsets that already exist")
+    parser.add_argument("--progress-seconds", type=float, default=30.0,
+                        help="seconds between progress lines when stdout is not a terminal")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    repository = Path(__file__).resolve().parents[2]
+    input_dir = Path(args.input)
+    if not input_dir.is_absolute() and not input_dir.exists():
+        input_dir = repository / input_dir
+    output_root = Path(args.out) if args.out else input_dir
+    summary = split_rec(input_dir, output_root, args.ratio, args.overwrite, args.progress_seconds)
+    for name, (num_image, num_classes) in summary.items():
+        print(f"{output_root / name}: {num_image} images, {num_classes} identities", flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    run_tool(main)

@@ -1,0 +1,334 @@
+"""Artifacts computed from the old model (features, labels, prototypes, masks, class meta):
+where they live, how they are written (atomically, each with a JSON manifest), and the guards
+every consumer runs before trusting one. Misaligned old features must fail loudly.
+
+A manifest sits next to its artifact as `<file>.json`:
+    {kind, tool, args, created, dataset: <dataset.fingerprint()>, model: {path, sha256, network,
+     embedding_size} or null, shape, dtype, extra}
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+
+from utils.config import REPO_ROOT
+
+FEATURE_ROOT = REPO_ROOT / "feature_save"
+
+# artifact kinds; per-class artifacts have one row per class instead of one per image
+OLD_FEATURES = "old_features"
+OLD_LABELS = "old_labels"
+CLASS_PROTOTYPES = "class_prototypes"
+CREDIBLE_MASK = "credible_mask"
+CLASS_META = "class_meta"
+PER_CLASS_KINDS = frozenset({CLASS_PROTOTYPES, CLASS_META})
+
+# --SD suffix -> (rec folder relative to the full set, scenario folder under feature_save/)
+SUBSETS = {
+    "class100": (".", "EXclass"),
+    "data100": (".", "EXdata"),
+    "class70": ("train_part_70_class", "OPclass"),
+    "data70": ("train_part_70_data", "OPdata"),
+    "class30": ("train_part_30_class", None),
+    "data30": ("train_part_30_data", None),
+}
+
+
+class ArtifactMismatch(ValueError):
+    """An artifact does not belong to the data (or model) it is about to be used with."""
+
+
+# ---- naming -------------------------------------------------------------------------------
+def subset_of(sd_name: str) -> str:
+    """'f128_r18_softmax_class70' -> 'class70' (the subset the features were dumped for)."""
+    subset = sd_name.split("_")[-1]
+    if subset not in SUBSETS:
+        raise ValueError(f"--SD {sd_name!r} must end in one of {', '.join(SUBSETS)} "
+                         f"(e.g. f128_r18_softmax_class70)")
+    return subset
+
+
+def subset_rec_dir(sd_name: str, full_rec_dir) -> Path:
+    """The rec folder of the --SD subset, given the full set's folder (parent of the 30/70 parts)."""
+    relative, _ = SUBSETS[subset_of(sd_name)]
+    return (Path(full_rec_dir) / relative).resolve()
+
+
+def scenario_dir(sd_name: str, feature_root, out_dir=None) -> Path:
+    """Folder holding the artifacts of --SD: `out_dir` if given, else feature_root/<scenario>."""
+    if out_dir is not None:
+        return Path(out_dir)
+    subset = subset_of(sd_name)
+    scenario = SUBSETS[subset][1]
+    if scenario is None:
+        raise ValueError(f"--SD {sd_name!r}: subset {subset} belongs to no training scenario; "
+                         f"pass --out to say where its artifacts go")
+    return Path(feature_root) / scenario
+
+
+def artifact_paths(sd_name: str, folder) -> Dict[str, Path]:
+    """The file of every artifact of one --SD in its folder (credible mask: see credible_path)."""
+    folder = Path(folder)
+    return {
+        OLD_FEATURES: folder / f"{sd_name}_feature.npy",
+        OLD_LABELS: folder / f"{sd_name}_label.npy",
+        CLASS_PROTOTYPES: folder / f"{sd_name}_avg_feature.npy",
+        CLASS_META: folder / f"{sd_name}_class_meta.npz",
+    }
+
+
+def credible_path(sd_name: str, folder, threshold_text: str) -> Path:
+    """`<SD>_credible_<T>.npy` with T written as the user gave it (e.g. 0.9)."""
+    return Path(folder) / f"{sd_name}_credible_{threshold_text}.npy"
+
+
+# ---- files and manifests -------------------------------------------------------------------
+def manifest_path(artifact_path) -> Path:
+    artifact_path = Path(artifact_path)
+    return artifact_path.with_name(artifact_path.name + ".json")
+
+
+def file_sha256(path, chunk_bytes: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk_bytes), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_record(model_path, network: str, embedding_size: int) -> Dict[str, Any]:
+    """The `model` field of a manifest: which checkpoint produced the artifact."""
+    model_path = Path(model_path)
+    return {"path": str(model_path.resolve()), "sha256": file_sha256(model_path),
+            "network": network, "embedding_size": int(embedding_size)}
+
+
+def _jsonable(value):
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def write_text_atomic(path, text: str) -> None:
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def write_manifest(artifact_path, *, kind: str, tool: str, args, dataset: Optional[Mapping],
+                   shape, dtype, model: Optional[Mapping] = None,
+                   extra: Optional[Mapping] = None) -> Dict[str, Any]:
+    """Write `<artifact>.json` atomically and return the manifest dict."""
+    if args is not None and not isinstance(args, Mapping):
+        args = vars(args)
+    manifest = {
+        "kind": kind,
+        "tool": tool,
+        "args": _jsonable(args or {}),
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "dataset": _jsonable(dataset) if dataset is not None else None,
+        "model": _jsonable(model) if model is not None else None,
+        "shape": [int(s) for s in shape],
+        "dtype": str(np.dtype(dtype)),
+        "extra": _jsonable(extra or {}),
+    }
+    write_text_atomic(manifest_path(artifact_path), json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def read_manifest(artifact_path) -> Dict[str, Any]:
+    path = manifest_path(artifact_path)
+    if not path.is_file():
+        raise ArtifactMismatch(f"{artifact_path} has no manifest {path.name}: rebuild it with the "
+                               f"tools/ script that writes it")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ArtifactMismatch(f"manifest {path} is not valid JSON ({error})") from None
+    if not isinstance(manifest, dict) or "kind" not in manifest:
+        raise ArtifactMismatch(f"manifest {path} has no 'kind' field")
+    return manifest
+
+
+def publish_artifact(temporary, path) -> None:
+    """Rename a finished temporary file onto `path`, first dropping the old manifest, so a crash
+    before the new manifest is written leaves an artifact that fails its check."""
+    manifest_path(path).unlink(missing_ok=True)
+    os.replace(temporary, path)
+
+
+def save_array_atomic(path, array: np.ndarray, **manifest_fields) -> Dict[str, Any]:
+    """np.save to `<path>.tmp.npy`, rename onto `path`, then write the manifest (fields as in
+    write_manifest, shape and dtype taken from the array)."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp.npy")
+    np.save(temporary, array)
+    publish_artifact(temporary, path)
+    return write_manifest(path, shape=array.shape, dtype=array.dtype, **manifest_fields)
+
+
+def save_npz_atomic(path, arrays: Mapping[str, np.ndarray], main_array: str,
+                    **manifest_fields) -> Dict[str, Any]:
+    """Several arrays in one uncompressed .npz; the manifest records `main_array`'s shape and
+    the shape of every member under extra['arrays']."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp.npz")
+    np.savez(temporary, **arrays)
+    publish_artifact(temporary, path)
+    extra = dict(manifest_fields.pop("extra", None) or {})
+    extra["arrays"] = {name: [int(s) for s in value.shape] for name, value in arrays.items()}
+    return write_manifest(path, shape=arrays[main_array].shape, dtype=arrays[main_array].dtype,
+                          extra=extra, **manifest_fields)
+
+
+def load_artifact_array(path, mmap: bool = True) -> np.ndarray:
+    """An .npy memory-mapped (or the first member of an .npz, loaded) for shape checks."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path) as members:
+            return members[members.files[0]]
+    return np.load(path, mmap_mode="r" if mmap else None)
+
+
+# ---- guards --------------------------------------------------------------------------------
+def _dataset_name(fingerprint: Optional[Mapping]) -> str:
+    return str((fingerprint or {}).get("name", "?"))
+
+
+def check_manifest(manifest: Mapping, artifact_path, kind: str,
+                   dataset_fingerprint: Optional[Mapping]) -> None:
+    """Compare a manifest with the data it is about to be used with; raise ArtifactMismatch."""
+    if manifest.get("kind") != kind:
+        raise ArtifactMismatch(f"{artifact_path} is a {manifest.get('kind')!r} artifact, "
+                               f"expected {kind!r}")
+    if dataset_fingerprint is None:
+        return
+    built_for = manifest.get("dataset") or {}
+    ours, theirs = _dataset_name(dataset_fingerprint), _dataset_name(built_for)
+    if built_for.get("num_image") != dataset_fingerprint.get("num_image"):
+        raise ArtifactMismatch(
+            f"{artifact_path} was computed on {built_for.get('num_image')} images (dataset "
+            f"{theirs}) but the data has {dataset_fingerprint.get('num_image')} images ({ours})")
+    if kind in PER_CLASS_KINDS and built_for.get("num_classes") != dataset_fingerprint.get("num_classes"):
+        raise ArtifactMismatch(
+            f"{artifact_path} was computed for {built_for.get('num_classes')} classes (dataset "
+            f"{theirs}) but the data has {dataset_fingerprint.get('num_classes')} classes ({ours})")
+    for field, meaning in (("labels_sha256", "labels (a different subset or image order)"),
+                           ("index_sha256", "index file (a rewritten or different rec)")):
+        expected, found = dataset_fingerprint.get(field), built_for.get(field)
+        if expected is not None and found != expected:
+            raise ArtifactMismatch(
+                f"{artifact_path} was computed on other {meaning}: {field} {str(found)[:12]} "
+                f"(dataset {theirs}) vs {str(expected)[:12]} ({ours})")
+
+
+def check_labels_content(labels: np.ndarray, labels_path, dataset_fingerprint: Optional[Mapping]) -> None:
+    """The labels stored in a file must be the labels the fingerprint was taken from."""
+    from utils.datasets import labels_sha256
+    expected = (dataset_fingerprint or {}).get("labels_sha256")
+    found = labels_sha256(labels)
+    if expected is not None and found != expected:
+        raise ArtifactMismatch(f"{labels_path} holds labels with sha256 {found[:12]} but the data "
+                               f"({_dataset_name(dataset_fingerprint)}) has {expected[:12]}")
+
+
+def check_artifact(array_path, kind: str, dataset_fingerprint: Optional[Mapping],
+                   expected_dim: Optional[int] = None, expected_rows: Optional[int] = None,
+                   expected_network: Optional[str] = None) -> Dict[str, Any]:
+    """Check an artifact file and its manifest against the data (feature size, old network) it
+    is about to be used with; return the manifest or raise ArtifactMismatch naming both sides."""
+    array_path = Path(array_path)
+    if not array_path.is_file():
+        raise ArtifactMismatch(f"{kind} file {array_path} does not exist")
+    manifest = read_manifest(array_path)
+    check_manifest(manifest, array_path, kind, dataset_fingerprint)
+    try:
+        shape = tuple(load_artifact_array(array_path).shape)
+    except (ValueError, OSError, EOFError) as error:
+        raise ArtifactMismatch(f"{array_path} cannot be read as an array ({error})") from None
+    if list(shape) != list(manifest.get("shape", [])):
+        raise ArtifactMismatch(f"{array_path} holds an array of shape {list(shape)} but its "
+                               f"manifest says {manifest.get('shape')} (file replaced or truncated)")
+    if expected_rows is not None and shape[0] != expected_rows:
+        raise ArtifactMismatch(f"{array_path} has {shape[0]} rows, expected {expected_rows}")
+    if expected_dim is not None and (len(shape) < 2 or shape[1] != expected_dim):
+        found = shape[1] if len(shape) > 1 else "no feature axis"
+        raise ArtifactMismatch(f"{array_path} holds features of size {found} but the config "
+                               f"expects {expected_dim}")
+    network = (manifest.get("model") or {}).get("network")
+    if expected_network is not None and network != expected_network:
+        raise ArtifactMismatch(f"{array_path} was computed with old network {network!r} but the "
+                               f"config says old_network = {expected_network!r}")
+    return manifest
+
+
+# ---- the command line of the tools that read old features --------------------------------
+def scenario_parser(description: str) -> argparse.ArgumentParser:
+    """Argument parser of a tool that derives an artifact from old features: the tool's
+    docstring as help, plus --SD, --out, --data and --chunk-rows."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--SD", required=True, metavar="NAME",
+                        help="scenario detail, e.g. f128_r18_softmax_class70; its suffix "
+                             "(class70, class100, data70, data100, class30, data30) picks the "
+                             "folder feature_save/{OPclass,EXclass,OPdata,EXdata}")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="folder holding <SD>_feature.npy / <SD>_label.npy and receiving the "
+                             "output (default: the scenario folder under feature_save/)")
+    parser.add_argument("--data", default=None, metavar="REC_DIR",
+                        help="also check the features against this rec folder's fingerprint")
+    parser.add_argument("--chunk-rows", type=int, default=1 << 15,
+                        help="feature rows processed at a time (memory stays flat)")
+    return parser
+
+
+def load_old_features(sd_name: str, folder, dataset_fingerprint: Optional[Mapping] = None):
+    """Memory-map <SD>_feature.npy and load <SD>_label.npy after checking both manifests against
+    each other (and against `dataset_fingerprint` when given).
+
+    Returns (features [N, d] memmap, labels [N] int64, feature manifest, num_classes)."""
+    paths = artifact_paths(sd_name, folder)
+    feature_manifest = check_artifact(paths[OLD_FEATURES], OLD_FEATURES, dataset_fingerprint)
+    fingerprint = dataset_fingerprint or feature_manifest.get("dataset")
+    rows = feature_manifest["shape"][0]
+    check_artifact(paths[OLD_LABELS], OLD_LABELS, fingerprint, expected_rows=rows)
+    features = np.load(paths[OLD_FEATURES], mmap_mode="r")
+    labels = np.load(paths[OLD_LABELS]).astype(np.int64, copy=False)
+    check_labels_content(labels, paths[OLD_LABELS], fingerprint)
+    num_classes = (fingerprint or {}).get("num_classes") or int(labels.max()) + 1
+    return features, labels, feature_manifest, int(num_classes)
+
+
+def open_scenario(args: argparse.Namespace):
+    """Resolve the folder of --SD and load its features: (folder, features, labels, manifest,
+    num_classes), checking against --data when given."""
+    folder = scenario_dir(args.SD, FEATURE_ROOT, args.out)
+    fingerprint = None
+    if args.data is not None:
+        from utils.datasets import FaceRecDataset
+        fingerprint = FaceRecDataset(args.data, flip=False).fingerprint()
+    features, labels, manifest, num_classes = load_old_features(args.SD, folder, fingerprint)
+    print(f"{args.SD}: {features.shape[0]} old features of size {features.shape[1]} "
+          f"({features.dtype}), {num_classes} classes, from {folder}", flush=True)
+    return folder, features, labels, manifest, num_classes
+
+
+def derived_manifest_fields(kind: str, tool: str, args, feature_manifest: Mapping,
+                            extra: Optional[Mapping] = None) -> Dict[str, Any]:
+    """Manifest fields of an artifact computed from old features: same dataset and model."""
+    return {"kind": kind, "tool": tool, "args": args, "dataset": feature_manifest.get("dataset"),
+            "model": feature_manifest.get("model"), "extra": extra}

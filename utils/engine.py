@@ -1,0 +1,407 @@
+"""The one training loop: old models (train_old_arc.py / train_old_softmax.py) and all six methods.
+
+A script is `train(MethodClass)`; what differs between methods lives in the Method subclass
+(utils/method.py). The engine owns the process group, data, backbone (DDP), head, optimiser,
+schedule, AMP, gradient accumulation and clipping, checkpoints (exact resume), logging and the
+.bin verification.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import itertools
+import math
+import os
+import random
+import sys
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from backbones import get_model
+from utils.checkpoint import (CHECKPOINT_FILE, DEBUG_CHECKPOINT_FILE, atomic_torch_save, backbone_state_dict,
+                              head_state, load_checkpoint, load_head_state, optimizer_entries, parameter_indices,
+                              rng_state, save_model, set_rng_state, unwrap)
+from utils.config import config_to_json, load_config, save_config
+from utils.distributed import (all_gather_no_grad, average_gradients, barrier, broadcast_parameters, cleanup,
+                               gather_objects, init_distributed, remove_launcher_args)
+from utils.datasets import build_dataset
+from utils.loader import build_loader, to_device
+from utils.logging_utils import TrainingMonitor, setup_logger
+from utils.method import Method, Progress, TrainEnv
+from utils.schedulers import build_lr_factor, build_scheduler
+from utils.verification import VerificationCallback
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; a debug checkpoint has been written."""
+
+
+EXPECTED_ERRORS = (ValueError, FileNotFoundError, NonFiniteLossError)
+
+
+def parse_args(argv: Sequence[str], method_class) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=f"Train a face-recognition backbone with the {method_class.name!r} method. "
+                    "Single process: `python SCRIPT CONFIG`; several GPUs: "
+                    "`torchrun --nproc_per_node=8 SCRIPT CONFIG` (or python -m torch.distributed.launch). "
+                    "Writes model.pt (backbone weights), checkpoint.pt (full state), config.json, "
+                    "training.log and tensorboard/ under the config's `output` (default work_dirs/<config name>).")
+    parser.add_argument("config", help="config file (any path); keys not set there come from configs/base.py")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override config keys, e.g. --set lr=0.05 num_epoch=2 (values parsed as Python literals)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from <output>/checkpoint.pt exactly where it stopped (same as resume=True)")
+    _, remaining = remove_launcher_args(argv)
+    return parser.parse_args(remaining)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def set_determinism(deterministic: bool) -> None:
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible GEMMs
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def autocast_and_scaler(cfg, device: torch.device, logger):
+    """(autocast context factory, GradScaler or None) for fp16 / bf16 / fp32."""
+    if cfg.fp16 and cfg.bf16:
+        raise ValueError("config: fp16 and bf16 are mutually exclusive")
+    if cfg.fp16 and device.type != "cuda":
+        logger.warning("fp16 autocast needs CUDA: training in float32 on the CPU")
+    elif cfg.fp16:
+        return functools.partial(torch.autocast, "cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+    if cfg.bf16:
+        return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16), None
+    return contextlib.nullcontext, None
+
+
+def build_optimizer(cfg, modules: Sequence[nn.Module]) -> torch.optim.Optimizer:
+    """One parameter group per module (backbone, head, extra), shared parameters listed once."""
+    seen, groups = set(), []
+    for module in modules:
+        parameters = [p for p in module.parameters() if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in parameters)
+        if parameters:
+            groups.append({"params": parameters})
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=False)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"config: unknown optimizer {cfg.optimizer!r} (expected 'sgd' or 'adamw')")
+
+
+def is_sharded(head: nn.Module) -> bool:
+    """Partial FC keeps a different class shard on every rank (model parallel): no gradient averaging."""
+    return bool(getattr(head, "sharded", False))
+
+
+def random_flip(images: torch.Tensor, indices: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
+    """Mirror each image with probability 1/2 decided by (seed, epoch, dataset index) alone, so the
+    augmentation is identical whatever the worker count and across a resume."""
+    modulus = 2 ** 31 - 1  # all products below stay under 2**62: no int64 overflow
+    state = ((indices % modulus) * 1103515245 + ((seed * 1000003 + epoch) % modulus) * 12345 + 1) % modulus
+    for _ in range(3):
+        state = (state * 48271 + 11) % modulus
+    flipped = (state > modulus // 2).view(-1, 1, 1, 1)
+    return torch.where(flipped, images.flip(3), images)
+
+
+def describe_terms(terms: Dict[str, object]) -> str:
+    return ", ".join(f"{name}={float(value):.4g}" for name, value in terms.items())
+
+
+class Trainer:
+    """Everything one training run holds; also what Method.on_epoch_start(epoch, trainer) sees:
+    cfg, rank, world_size, device, dataset, backbone (unwrapped), head, extra, optimizer, step,
+    micro_step_in_epoch (> 0 when resuming mid-epoch) and extract_features(indices).
+    """
+
+    def __init__(self, cfg, method_class, argv: Sequence[str] = ()):
+        self.cfg = cfg
+        self.rank, self.local_rank, self.world_size, self.device = init_distributed(argv)
+        Path(cfg.output).mkdir(parents=True, exist_ok=True)
+        self.logger = setup_logger(cfg.output, self.rank)
+        seed_everything(cfg.seed + self.rank)
+        set_determinism(bool(cfg.deterministic))
+        # flips happen on the device (random_flip): deterministic per sample, exact on resume
+        self.dataset = build_dataset(cfg, flip=False)
+        cfg.num_classes = int(self.dataset.num_classes) if cfg.num_classes is None else cfg.num_classes
+        cfg.num_image = len(self.dataset) if cfg.num_image is None else cfg.num_image
+        self.env = TrainEnv(self.rank, self.world_size, self.local_rank, self.device, cfg.num_classes, cfg.num_image)
+        self.method: Method = method_class(cfg, self.env)
+        if cfg.method.lower() != method_class.name.lower():
+            self.logger.warning(f"config method {cfg.method!r} is trained with the {method_class.name!r} script")
+        if self.rank == 0:
+            save_config(cfg, Path(cfg.output) / "config.json")
+            self.logger.info(f"config {cfg.config_name} (world size {self.world_size}, device {self.device}):\n"
+                             f"{config_to_json(cfg)}")
+        self.method.validate_inputs(self.dataset)
+        self._build_data()
+        self._build_model()
+        self.autocast, self.scaler = autocast_and_scaler(cfg, self.device, self.logger)
+        self.optimizer = build_optimizer(cfg, [self.backbone, self.head, self.extra])
+        factor = self.method.lr_lambda(self.steps_per_epoch, self.total_steps)
+        self.scheduler = build_scheduler(self.optimizer, factor or build_lr_factor(cfg, self.steps_per_epoch,
+                                                                                  self.total_steps))
+        self.epoch, self.step, self.micro_step_in_epoch, self.pending_rng = 0, 0, 0, None
+        if cfg.resume:
+            self._restore(Path(cfg.output) / CHECKPOINT_FILE)
+        self.model = self._wrap(self.backbone)
+        self.monitor = TrainingMonitor(cfg, self.logger, self.rank, self.total_steps, self.step,
+                                       cfg.batch_size * self.world_size * self.accumulation)
+        self.verification = VerificationCallback(cfg, self.rank, self.device, self.logger, self.monitor)
+
+    # ---- set-up ---------------------------------------------------------------------------
+    def _build_data(self) -> None:
+        cfg = self.cfg
+        self.loader, self.sampler = build_loader(self.dataset, cfg.batch_size, self.rank, self.world_size,
+                                                 cfg.seed, cfg.num_workers, self.method.per_sample_arrays())
+        self.accumulation = int(cfg.gradient_accumulation_steps)
+        if self.accumulation < 1:
+            raise ValueError(f"config: gradient_accumulation_steps must be >= 1, got {self.accumulation}")
+        self.steps_per_epoch = len(self.loader) // self.accumulation
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{cfg.rec}: {len(self.dataset)} images are too few for batch_size {cfg.batch_size} x "
+                             f"{self.world_size} ranks x {self.accumulation} accumulation steps")
+        # equals num_image // (batch_size * world_size) * num_epoch without accumulation
+        self.total_steps = self.steps_per_epoch * int(cfg.num_epoch)
+
+    def _build_model(self) -> None:
+        cfg = self.cfg
+        self.backbone = get_model(cfg.network, cfg.embedding_size, cfg.gradient_checkpointing).to(self.device)
+        if cfg.channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self.head = self.method.build_head().to(self.device)
+        self.extra = self.method.extra_modules().to(self.device)
+        # replicated modules start from rank 0's initialisation (seeds differ per rank)
+        broadcast_parameters(self.extra)
+        if not is_sharded(self.head):
+            broadcast_parameters(self.head)
+
+    def _wrap(self, backbone: nn.Module) -> nn.Module:
+        model = backbone
+        if self.world_size > 1:
+            with warnings.catch_warnings():
+                # torch >= 2.14 renames broadcast_buffers; 2.11 only knows this spelling
+                warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+                model = nn.parallel.DistributedDataParallel(
+                    backbone, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
+                    find_unused_parameters=False, broadcast_buffers=False)
+        if self.cfg.compile:
+            model = torch.compile(model)
+        return model
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def _state(self) -> Optional[dict]:
+        """Full training state on rank 0 (None elsewhere); every rank must call (collectives)."""
+        head_full = head_state(self.head)
+        head_ids = parameter_indices(self.optimizer, list(self.head.parameters())) if is_sharded(self.head) else []
+        local = {"rng": rng_state(),
+                 "head_optimizer": {index: {name: value.cpu() if torch.is_tensor(value) else value
+                                            for name, value in entry.items()}
+                                    for index, entry in optimizer_entries(self.optimizer, head_ids).items()}}
+        per_rank = gather_objects(local)
+        if self.rank != 0:
+            return None
+        return {"backbone": backbone_state_dict(self.backbone), "head": head_full,
+                "extra": self.extra.state_dict(), "method": self.method.extra_state(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self._scheduler_position(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "epoch": self.epoch, "step": self.step, "micro_step_in_epoch": self.micro_step_in_epoch,
+                "sampler_position": self.micro_step_in_epoch * self.cfg.batch_size,
+                "world_size": self.world_size, "per_rank": per_rank, "config": dict(self.cfg),
+                "best_accuracy": dict(self.verification.best) if hasattr(self, "verification") else {}}
+
+    def _scheduler_position(self) -> dict:
+        # the schedule itself is rebuilt from the config (a resume may change num_epoch): keep its position only
+        state = self.scheduler.state_dict()
+        state["lr_lambdas"] = [None] * len(state.get("lr_lambdas", []))
+        return state
+
+    def save_checkpoint(self, file_name: str = CHECKPOINT_FILE, extra: Optional[dict] = None) -> None:
+        state = self._state()
+        if state is not None:
+            state.update(extra or {})
+            atomic_torch_save(state, Path(self.cfg.output) / file_name)
+        barrier()
+
+    def _restore(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        same_world = state["world_size"] == self.world_size
+        if not same_world and state["micro_step_in_epoch"]:
+            raise ValueError(f"{path}: written mid-epoch by {state['world_size']} ranks; resume it with "
+                             f"{state['world_size']} ranks (this run has {self.world_size})")
+        self.backbone.load_state_dict(state["backbone"])
+        load_head_state(self.head, state["head"])
+        self.extra.load_state_dict(state["extra"])
+        self.method.load_extra_state(state["method"])
+        optimizer_state = state["optimizer"]
+        if is_sharded(self.head):
+            head_ids = parameter_indices(self.optimizer, list(self.head.parameters()))
+            mine = state["per_rank"][self.rank]["head_optimizer"] if same_world else {}
+            for index in head_ids:
+                optimizer_state["state"].pop(index, None)
+            optimizer_state["state"].update(mine)
+        self.optimizer.load_state_dict(optimizer_state)
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.micro_step_in_epoch = state["micro_step_in_epoch"]
+        self.pending_rng = state["per_rank"][self.rank]["rng"] if same_world else None
+        self.best_accuracy = state.get("best_accuracy", {})
+        if not same_world:
+            self.logger.warning(f"{path}: written by {state['world_size']} ranks, resuming with {self.world_size}: "
+                                "head momentum and random states restart")
+        self.logger.info(f"resumed from {path}: epoch {self.epoch}, step {self.step}/{self.total_steps}")
+
+    # ---- helpers for method hooks ---------------------------------------------------------
+    @torch.no_grad()
+    def extract_features(self, indices, batch_size: Optional[int] = None) -> torch.Tensor:
+        """float32 [len(indices), d] backbone features (eval mode, no flip) on every rank, in order.
+
+        Each rank embeds one contiguous slice of `indices`; the slices are gathered in rank order.
+        """
+        indices = torch.as_tensor(np.asarray(indices), dtype=torch.long).reshape(-1)
+        per_rank = math.ceil(len(indices) / self.world_size)
+        mine = indices[self.rank * per_rank:(self.rank + 1) * per_rank].tolist()
+        features = torch.zeros(per_rank, self.cfg.embedding_size, dtype=torch.float32, device=self.device)
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.dataset, mine),
+                                             batch_size=batch_size or self.cfg.batch_size, shuffle=False,
+                                             num_workers=self.cfg.num_workers)
+        backbone = unwrap(self.backbone)
+        was_training = backbone.training
+        backbone.eval()
+        row = 0
+        for images, _, _ in loader:
+            with self.autocast():
+                batch_features = backbone(to_device({"image": images}, self.device, self.cfg.channels_last)["image"])
+            features[row:row + len(images)] = batch_features.float()
+            row += len(images)
+        backbone.train(was_training)
+        return all_gather_no_grad(features)[:len(indices)]
+
+    # ---- the loop -------------------------------------------------------------------------
+    def _micro_step(self, batch: dict, epoch: int, sync: bool):
+        batch = to_device(batch, self.device, self.cfg.channels_last)
+        batch["image"] = random_flip(batch["image"], batch["index"], int(self.cfg.seed), epoch)
+        no_sync = (not sync and isinstance(unwrap_compiled(self.model), nn.parallel.DistributedDataParallel))
+        with (unwrap_compiled(self.model).no_sync() if no_sync else contextlib.nullcontext()):
+            with self.autocast():
+                embeddings = self.model(batch["image"])
+                progress = Progress(self.step, self.total_steps, epoch, int(self.cfg.num_epoch))
+                loss, terms = self.method.loss(embeddings, batch, self.head, progress)
+            self._check_finite(loss, terms, batch)
+            scaled = loss / self.accumulation
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        return loss, terms
+
+    def _check_finite(self, loss: torch.Tensor, terms: dict, batch: dict) -> None:
+        # summed over ranks so that every rank stops together (collectives below)
+        flag = loss.detach().float().reshape(1).clone()
+        if self.world_size > 1:
+            torch.distributed.all_reduce(flag)
+        if bool(torch.isfinite(flag).item()):
+            return
+        message = f"non-finite loss at step {self.step} (terms {describe_terms(terms)})"
+        self.save_checkpoint(DEBUG_CHECKPOINT_FILE, {"nonfinite": {"message": message,
+                                                                   "batch_index": batch["index"].cpu()}})
+        raise NonFiniteLossError(f"{message}; debug state in {Path(self.cfg.output) / DEBUG_CHECKPOINT_FILE}")
+
+    def _optimizer_step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if not is_sharded(self.head):
+            average_gradients(self.head.parameters())
+        average_gradients(self.extra.parameters())
+        if self.cfg.clip_grad_norm:
+            nn.utils.clip_grad_norm_(self.backbone.parameters(), float(self.cfg.clip_grad_norm))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+
+    def _run_epoch(self, epoch: int) -> None:
+        micro_steps = self.steps_per_epoch * self.accumulation
+        self.sampler.set_epoch(epoch)
+        self.sampler.set_start(self.micro_step_in_epoch * self.cfg.batch_size)
+        self.method.on_epoch_start(epoch, self)
+        iterator = iter(self.loader)
+        if self.pending_rng is not None:
+            # after the iterator drew its seed: the resumed run continues the interrupted RNG streams
+            set_rng_state(self.pending_rng)
+            self.pending_rng = None
+        for batch in itertools.islice(iterator, micro_steps - self.micro_step_in_epoch):
+            self.micro_step_in_epoch += 1
+            sync = self.micro_step_in_epoch % self.accumulation == 0
+            loss, terms = self._micro_step(batch, epoch, sync)
+            if not sync:
+                continue
+            self._optimizer_step()
+            self.monitor.update(self.step, epoch, loss, terms, self.scheduler.get_last_lr()[0], self.scaler)
+            epoch_done = self.micro_step_in_epoch == micro_steps
+            if (self.cfg.save_every_steps and self.step % int(self.cfg.save_every_steps) == 0
+                    and not epoch_done and self.cfg.save_all_states):
+                self.save_checkpoint()
+            if self.verification.due(self.step) and self.step != self.total_steps:
+                self.verification(self.step, self.model)
+        self.epoch, self.micro_step_in_epoch = epoch + 1, 0
+        if self.rank == 0:
+            save_model(self.backbone, self.cfg.output)
+        if self.cfg.save_all_states:
+            self.save_checkpoint()
+        self.logger.info(f"epoch {epoch} done: {Path(self.cfg.output) / 'model.pt'}")
+
+    def fit(self) -> None:
+        self.verification.best.update(getattr(self, "best_accuracy", {}))
+        self.backbone.train()
+        self.head.train()
+        self.extra.train()
+        self.logger.info(f"training {self.total_steps} steps ({self.steps_per_epoch} per epoch, "
+                         f"{self.cfg.num_epoch} epochs) from step {self.step}")
+        for epoch in range(self.epoch, int(self.cfg.num_epoch)):
+            self._run_epoch(epoch)
+        if self.rank == 0:
+            save_model(self.backbone, self.cfg.output)
+        self.verification(self.step, self.model)
+        self.monitor.close()
+        self.logger.info(f"finished: {Path(self.cfg.output) / 'model.pt'}")
+
+
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    return getattr(model, "_orig_mod", model)
+
+
+def train(method_class, argv: Optional[List[str]] = None) -> None:
+    """CLI entry point of every training script: `train(MethodClass)`; exits non-zero on errors."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv, method_class)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        cfg.resume = bool(cfg.resume or args.resume)
+        Trainer(cfg, method_class, argv).fit()
+    except EXPECTED_ERRORS as error:
+        rank = os.environ.get("RANK", "0")
+        prefix = f"[rank {rank}] " if os.environ.get("WORLD_SIZE", "1") != "1" else ""
+        print(f"{prefix}error: {error}", file=sys.stderr, flush=True)
+        cleanup()
+        sys.exit(1)
+    cleanup()

@@ -1,0 +1,191 @@
+"""insightface face-set conventions on top of RecordIO: train.rec / train.idx / property.
+
+Header layout (RecBuilder): images are keys 1..N (label = identity), identity records are keys
+N+1..N+K (label [first, end) image keys, empty payload), header record 0 (label [N+1, N+K+1],
+id2 = 1) is written last. Sequential layout (SeqRecBuilder): every .idx key is an image.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+
+from utils.recordio import IRHeader, RecordIOError, RecordIOReader, RecordIOWriter, encode_image, pack
+
+REC_NAME, IDX_NAME, PROPERTY_NAME = "train.rec", "train.idx", "property"
+FLOAT32_EXACT_INTEGERS = 1 << 24    # identity and header records store keys as float32 labels
+
+
+def read_property(path) -> Tuple[int, int, int]:
+    """`property` file (or the folder holding it) -> (num_classes, height, width); first line only."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / PROPERTY_NAME
+    try:
+        with open(path) as handle:
+            first_line = handle.readline().strip()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: property file not found") from None
+    fields = first_line.split(",")
+    if len(fields) != 3 or not all(field.strip().isdigit() for field in fields):
+        raise ValueError(f"{path} line 1: expected 'num_classes,height,width', got {first_line[:80]!r}")
+    num_classes, height, width = (int(field) for field in fields)
+    return num_classes, height, width
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class FaceRecWriter:
+    """Write a face set in RecBuilder's layout; add images grouped by label 0, 1, 2, ... in order."""
+
+    def __init__(self, out_dir, image_size: Tuple[int, int] = (112, 112)):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.image_size = tuple(image_size)
+        self._writer = RecordIOWriter(self.out_dir / REC_NAME, self.out_dir / IDX_NAME)
+        self._class_first_key = []       # first image key of each identity
+        self._num_image = 0
+        self.closed = False
+
+    def add(self, label: int, payload: bytes) -> int:
+        """Append one encoded image of identity `label`; returns its key."""
+        label = int(label)
+        current = len(self._class_first_key) - 1
+        allowed = (current, current + 1) if current >= 0 else (0,)
+        if label not in allowed:
+            self.abort()
+            raise ValueError(f"{self.out_dir}: image {self._num_image} has label {label}, expected "
+                             f"{' or '.join(map(str, allowed))}: labels start at 0 and grow by at most 1")
+        key = self._num_image + 1
+        if label == current + 1:
+            self._class_first_key.append(key)
+        self._writer.write_idx(key, pack(IRHeader(0, float(label), key, 0), payload))
+        self._num_image += 1
+        return key
+
+    def add_image(self, label: int, image_bgr: np.ndarray, quality: int = 95, img_fmt: str = ".jpg") -> int:
+        """Encode a BGR image with cv2 (pack_img) and add it."""
+        return self.add(label, encode_image(image_bgr, quality, img_fmt))
+
+    @property
+    def num_image(self) -> int:
+        return self._num_image
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._class_first_key)
+
+    def close(self) -> None:
+        """Identity records, then header record 0, then `property`; files appear only now."""
+        if self.closed:
+            return
+        num_image, num_classes = self._num_image, self.num_classes
+        if num_image + num_classes + 1 > FLOAT32_EXACT_INTEGERS:
+            self.abort()
+            raise ValueError(f"{self.out_dir}: {num_image} images + {num_classes} identity records need keys above "
+                             f"{FLOAT32_EXACT_INTEGERS:,}, which the float32 labels of this layout cannot hold exactly")
+        self.closed = True
+        bounds = self._class_first_key + [num_image + 1]
+        for identity in range(num_classes):
+            key = num_image + 1 + identity
+            self._writer.write_idx(key, pack(IRHeader(0, [bounds[identity], bounds[identity + 1]], key, 0), b""))
+        header_label = [num_image + 1, num_image + num_classes + 1]
+        self._writer.write_idx(0, pack(IRHeader(0, header_label, 0, 1), b""))
+        self._writer.close()
+        height, width = self.image_size
+        _write_text_atomic(self.out_dir / PROPERTY_NAME, f"{num_classes},{height},{width}\n")
+
+    def abort(self) -> None:
+        self.closed = True
+        self._writer.abort()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class FaceRecIndex:
+    """Which .idx keys are images, where they are, and their labels; reads record headers only.
+
+    Attributes: `reader`, `layout` ("header" or "sequential"), `header_label` ((first identity key,
+    end) or None), `image_keys`, `image_offsets`, `labels` (int64, dataset order), `num_classes`,
+    `class_ranges` ([C, 2] dataset positions [start, end) when labels are grouped, else None).
+    `labels_from`: "auto" (identity records when the header layout has them), "images", "identities".
+    """
+
+    def __init__(self, rec_dir, labels_from: str = "auto"):
+        self.rec_dir = Path(rec_dir)
+        if labels_from not in ("auto", "images", "identities"):
+            raise ValueError(f"labels_from must be auto, images or identities, got {labels_from!r}")
+        self.reader = RecordIOReader(self.rec_dir / REC_NAME, self.rec_dir / IDX_NAME)
+        keys = self.reader.key_array
+        header = self.reader.read_header_at(self.reader.offset_of(0)) if 0 in self.reader else None
+        if header is not None and header.flag > 0:
+            self.layout = "header"
+            first_identity, identity_end = (int(value) for value in header.label[:2])
+            self.header_label = (first_identity, identity_end)
+            self.image_keys = np.arange(1, first_identity, dtype=np.int64)
+        else:
+            self.layout, self.header_label = "sequential", None
+            self.image_keys = keys.copy()
+        self.image_offsets = self.reader.offsets_of(self.image_keys)
+        if labels_from == "identities" or (labels_from == "auto" and self.layout == "header"):
+            if self.layout != "header":
+                raise RecordIOError(f"{self.reader.idx_path}: no header record 0 with identity ranges")
+            self.labels = self._labels_from_identities()
+        else:
+            self.labels = self._labels_from_images()
+        self.num_classes = int(self.labels.max()) + 1 if len(self.labels) else 0
+        self.class_ranges = self._class_ranges()
+
+    def _labels_from_images(self) -> np.ndarray:
+        labels = np.empty(len(self.image_keys), dtype=np.float64)
+        for position, (key, offset) in enumerate(zip(self.image_keys.tolist(), self.image_offsets.tolist())):
+            header = self.reader.read_header_at(offset)
+            labels[position] = header.label if header.flag == 0 else header.label[0]
+        not_integer = np.flatnonzero((labels != np.round(labels)) | (labels < 0))
+        if not_integer.size:
+            bad = int(not_integer[0])
+            raise RecordIOError(f"{self.reader.rec_path}: key {int(self.image_keys[bad])} has label {labels[bad]}, "
+                                f"not a non-negative integer")
+        return labels.astype(np.int64)
+
+    def _labels_from_identities(self) -> np.ndarray:
+        first_identity, identity_end = self.header_label
+        ranges = []
+        for key in range(first_identity, identity_end):
+            header = self.reader.read_header_at(self.reader.offset_of(key))
+            if header.flag < 2:
+                raise RecordIOError(f"{self.reader.rec_path}: identity record {key} has no [first, end) label pair")
+            ranges.append(header.label[:2])
+        ranges = np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
+        starts, ends = ranges[:, 0], ranges[:, 1]
+        broken = (starts != np.concatenate([[1], ends[:-1]])) | (ends <= starts)
+        if len(ranges) and ends[-1] != first_identity:
+            broken[-1] = True
+        if broken.any():
+            bad = int(np.flatnonzero(broken)[0])
+            raise RecordIOError(f"{self.reader.rec_path}: identity record {first_identity + bad} range "
+                                f"[{starts[bad]}, {ends[bad]}) does not continue the image keys 1..{first_identity - 1}")
+        return np.repeat(np.arange(len(ranges), dtype=np.int64), ends - starts)
+
+    def _class_ranges(self) -> Optional[np.ndarray]:
+        if len(self.labels) == 0 or np.any(np.diff(self.labels) < 0):
+            return None
+        classes = np.arange(self.num_classes)
+        return np.stack([np.searchsorted(self.labels, classes, side="left"),
+                         np.searchsorted(self.labels, classes, side="right")], axis=1).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.image_keys)

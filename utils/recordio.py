@@ -1,0 +1,464 @@
+"""MXNet RecordIO (.rec/.idx) reading and writing without mxnet.
+
+Two layers (docs: ../shared/docs/recordio.md):
+- framing: a .rec file is a sequence of 4-aligned chunks `magic, lrecord, data, zero padding`;
+  a logical record that holds the magic at a 4-aligned offset is split there (magic dropped,
+  cflag 1/2/3) and re-joined on read with the magic put back;
+- image records: a 24-byte `IRHeader` ('<IfQQ'), `flag` float32 labels, then the payload.
+
+Files are read with `os.pread` on a raw descriptor, reopened when the process id changes, so one
+reader can be shared with forked DataLoader workers.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+import re
+import struct
+from collections import namedtuple
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
+
+import cv2
+import numpy as np
+
+# Images are decoded in data-loader workers forked from the main process. An OpenCV thread
+# pool started in the parent deadlocks those children, so OpenCV stays single-threaded everywhere.
+cv2.setNumThreads(1)
+
+MAGIC = 0xCED7230A
+MAGIC_BYTES = struct.pack("<I", MAGIC)
+CHUNK_HEADER = struct.Struct("<II")
+IR_HEADER = struct.Struct("<IfQQ")
+LENGTH_BITS = 29
+MAX_CHUNK_LENGTH = (1 << LENGTH_BITS) - 1
+# Record starts: cflag 0 (whole record) or 1 (first chunk); 2 = middle, 3 = last chunk.
+CFLAG_WHOLE, CFLAG_FIRST, CFLAG_MIDDLE, CFLAG_LAST = 0, 1, 2, 3
+
+IRHeader = namedtuple("IRHeader", ["flag", "label", "id", "id2"])
+
+_IDX_LINE = re.compile(r"^[ \t]*(-?\d+)\t[ \t]*(\d+)[ \t\r]*$", re.MULTILINE)
+
+
+class RecordIOError(ValueError):
+    """A .rec/.idx file (or a record in it) is malformed; the message names the file and place."""
+
+
+def _aligned(length: int) -> int:
+    return (length + 3) & ~3
+
+
+# ---- image-record layer -------------------------------------------------------------------------
+def pack(header: IRHeader, payload: bytes) -> bytes:
+    """IRHeader + payload -> record bytes, as mxnet's `pack`: the flag passed in is ignored.
+
+    A numbers.Number label is stored in the header (flag 0); anything else becomes a float32
+    array written after the header (flag = its size, in-struct label 0.0).
+    """
+    label = header.label
+    if isinstance(label, numbers.Number):
+        return IR_HEADER.pack(0, float(label), header.id, header.id2) + bytes(payload)
+    labels = np.asarray(label, dtype="<f4")
+    return IR_HEADER.pack(labels.size, 0.0, header.id, header.id2) + labels.tobytes() + bytes(payload)
+
+
+def unpack(record: bytes) -> Tuple[IRHeader, bytes]:
+    """Record bytes -> (IRHeader, payload); label is a float (flag 0) or float32 array (flag > 0)."""
+    if len(record) < IR_HEADER.size:
+        raise RecordIOError(f"record of {len(record)} bytes is shorter than the {IR_HEADER.size}-byte IRHeader")
+    flag, label, image_id, image_id2 = IR_HEADER.unpack_from(record)
+    payload_start = IR_HEADER.size + 4 * flag
+    if flag > 0:
+        if len(record) < payload_start:
+            raise RecordIOError(f"record of {len(record)} bytes cannot hold the {flag} labels its header announces")
+        label = np.frombuffer(record, dtype="<f4", count=flag, offset=IR_HEADER.size).astype(np.float32)
+    return IRHeader(flag, label, image_id, image_id2), record[payload_start:]
+
+
+def encode_image(img_bgr: np.ndarray, quality: int = 95, img_fmt: str = ".jpg") -> bytes:
+    """Encode a BGR (cv2 order) image with cv2; quality = JPEG quality or PNG compression level."""
+    fmt = img_fmt.lower()
+    if fmt in (".jpg", ".jpeg"):
+        params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    elif fmt == ".png":
+        params = [cv2.IMWRITE_PNG_COMPRESSION, int(quality)]
+    else:
+        params = []
+    ok, encoded = cv2.imencode(img_fmt, img_bgr, params)
+    if not ok:
+        raise ValueError(f"cv2.imencode could not encode a {img_bgr.shape} image as {img_fmt}")
+    return encoded.tobytes()
+
+
+def pack_img(header: IRHeader, img_bgr: np.ndarray, quality: int = 95, img_fmt: str = ".jpg") -> bytes:
+    """mxnet's `pack_img`: encode a BGR image with cv2, then `pack`."""
+    return pack(header, encode_image(img_bgr, quality, img_fmt))
+
+
+def unpack_img(record: bytes, iscolor: int = -1) -> Tuple[IRHeader, np.ndarray]:
+    """Record -> (IRHeader, image decoded by cv2 in BGR order, as mxnet's `unpack_img`)."""
+    header, payload = unpack(record)
+    image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), iscolor)
+    if image is None:
+        raise RecordIOError(f"payload of {len(payload)} bytes is not a decodable image")
+    return header, image
+
+
+def decode_bgr(payload) -> np.ndarray:
+    """Encoded image bytes -> HxWx3 uint8 BGR (cv2.IMREAD_COLOR: grey images get 3 channels)."""
+    image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"payload of {len(payload)} bytes is not a decodable image")
+    return image
+
+
+def decode_rgb(payload) -> np.ndarray:
+    """Encoded image bytes -> HxWx3 uint8 RGB, the pixels mx.image.imdecode returns."""
+    return cv2.cvtColor(decode_bgr(payload), cv2.COLOR_BGR2RGB)
+
+
+# ---- framing layer ------------------------------------------------------------------------------
+def split_at_magic(record: bytes) -> List[bytes]:
+    """Chunk data of one logical record: cut at every 4-aligned magic, dropping the magic."""
+    aligned_words = np.frombuffer(record, dtype="<u4", count=len(record) // 4)
+    cuts = (np.flatnonzero(aligned_words == MAGIC) * 4).tolist()
+    pieces, start = [], 0
+    for cut in cuts:
+        pieces.append(record[start:cut])
+        start = cut + 4
+    pieces.append(record[start:])
+    return pieces
+
+
+def frame_record(record: bytes) -> bytes:
+    """Logical record -> the bytes dmlc's RecordIOWriter puts on disk (chunks + zero padding)."""
+    pieces = split_at_magic(record)
+    if any(len(piece) > MAX_CHUNK_LENGTH for piece in pieces):
+        raise RecordIOError(f"record of {len(record)} bytes has a chunk longer than {MAX_CHUNK_LENGTH} bytes")
+    last = len(pieces) - 1
+    out = []
+    for number, piece in enumerate(pieces):
+        if last == 0:
+            cflag = CFLAG_WHOLE
+        else:
+            cflag = CFLAG_FIRST if number == 0 else (CFLAG_LAST if number == last else CFLAG_MIDDLE)
+        out.append(CHUNK_HEADER.pack(MAGIC, (cflag << LENGTH_BITS) | len(piece)))
+        out.append(piece)
+    out.append(b"\0" * (_aligned(len(record)) - len(record)))
+    return b"".join(out)
+
+
+# Byte classes of a canonical .idx line `-?\\d+\\t\\d+\\r?\\n`, and which class may follow which.
+_DIGIT, _TAB, _NEWLINE, _RETURN, _MINUS, _OTHER = range(6)
+_BYTE_CLASS = np.full(256, _OTHER, dtype=np.uint8)
+_BYTE_CLASS[ord("0"):ord("9") + 1] = _DIGIT
+_BYTE_CLASS[[ord("\t"), ord("\n"), ord("\r"), ord("-")]] = [_TAB, _NEWLINE, _RETURN, _MINUS]
+_MAY_FOLLOW = np.zeros((6, 6), dtype=bool)
+for _before, _after in [(_DIGIT, _DIGIT), (_DIGIT, _TAB), (_TAB, _DIGIT), (_DIGIT, _NEWLINE), (_DIGIT, _RETURN),
+                        (_RETURN, _NEWLINE), (_NEWLINE, _DIGIT), (_NEWLINE, _MINUS), (_MINUS, _DIGIT)]:
+    _MAY_FOLLOW[_before, _after] = True
+_MAY_FOLLOW = _MAY_FOLLOW.ravel()
+_CHECK_BLOCK_BYTES = 1 << 23
+# First read of a record: up to the next indexed record, at most 1 MiB; 16 KiB (a face JPEG) without
+# an index. More is read when the record turns out longer.
+_MAX_FIRST_READ, _UNINDEXED_FIRST_READ = 1 << 20, 1 << 14
+
+
+def _lines_are_canonical(block: bytes) -> bool:
+    """True when every line of `block` (which ends with a newline) is exactly `-?\\d+\\t\\d+\\r?\\n`:
+    every adjacent byte pair is allowed, and separators alternate tab, newline (one tab a line)."""
+    classes = _BYTE_CLASS[np.frombuffer(block, dtype=np.uint8)]
+    if classes[0] not in (_DIGIT, _MINUS) or not _MAY_FOLLOW[classes[:-1] * 6 + classes[1:]].all():
+        return False
+    separators = classes[classes <= _NEWLINE]
+    separators = separators[separators != _DIGIT]
+    return len(separators) % 2 == 0 and bool((separators[0::2] == _TAB).all() and (separators[1::2] == _NEWLINE).all())
+
+
+def _first_bad_line(lines: List[str]) -> Optional[int]:
+    return next((number for number, line in enumerate(lines, start=1) if not _IDX_LINE.match(line)), None)
+
+
+def parse_idx(idx_path) -> Tuple[np.ndarray, np.ndarray]:
+    """Read a .idx file -> (keys int64, offsets int64) in line order; bad lines are named."""
+    idx_path = Path(idx_path)
+    try:
+        data = idx_path.read_bytes()
+    except FileNotFoundError:
+        raise RecordIOError(f"{idx_path}: index file not found") from None
+    if data and not data.endswith(b"\n"):
+        data += b"\n"
+    blocks, start = [], 0
+    while start < len(data):
+        end = data.find(b"\n", min(start + _CHECK_BLOCK_BYTES, len(data) - 1)) + 1
+        blocks.append(data[start:end])
+        start = end
+    num_lines = data.count(b"\n")
+    if all(_lines_are_canonical(block) for block in blocks):
+        table = np.fromstring(data, dtype=np.int64, sep=" ")   # text mode: every whitespace separates
+    else:
+        try:
+            text = data.decode()
+        except UnicodeDecodeError as error:
+            line = data.count(b"\n", 0, error.start) + 1
+            raise RecordIOError(f"{idx_path} line {line}: not text ({error.reason})") from None
+        lines = text.splitlines()
+        bad = _first_bad_line(lines)
+        if bad is not None:
+            raise RecordIOError(f"{idx_path} line {bad}: expected '<key>\\t<offset>', got {lines[bad - 1][:80]!r}")
+        table = np.array(_IDX_LINE.findall(text), dtype=np.int64)
+    if table.size != 2 * num_lines:
+        raise RecordIOError(f"{idx_path}: parsed {table.size} numbers from {num_lines} lines")
+    table = table.reshape(-1, 2)
+    keys, offsets = table[:, 0].copy(), table[:, 1].copy()
+    sorted_keys = np.sort(keys)
+    repeated = sorted_keys[1:][sorted_keys[1:] == sorted_keys[:-1]]
+    if repeated.size:
+        line = int(np.flatnonzero(keys == repeated[0])[1]) + 1
+        raise RecordIOError(f"{idx_path} line {line}: key {int(repeated[0])} appears more than once")
+    return keys, offsets
+
+
+class RecordIOReader:
+    """Random and sequential access to a .rec file, with its .idx when one is given.
+
+    `keys` keeps the .idx line order; `read_idx(key)` seeks by the key's offset; iteration yields
+    `(offset, record)` in file order. Empty records are b''; the end of the file ends iteration.
+    """
+
+    def __init__(self, rec_path, idx_path=None):
+        self.rec_path = Path(rec_path)
+        if not self.rec_path.is_file():
+            raise RecordIOError(f"{self.rec_path}: record file not found")
+        self.file_size = self.rec_path.stat().st_size
+        self.idx_path = Path(idx_path) if idx_path is not None else None
+        self._fd, self._pid = None, None
+        self._keys = np.zeros(0, dtype=np.int64)
+        self._offsets = np.zeros(0, dtype=np.int64)
+        if self.idx_path is not None:
+            self._keys, self._offsets = parse_idx(self.idx_path)
+            beyond = np.flatnonzero(self._offsets >= self.file_size)
+            if beyond.size:
+                line = int(beyond[0])
+                raise RecordIOError(f"{self.idx_path} line {line + 1}: offset {int(self._offsets[line])} of key "
+                                    f"{int(self._keys[line])} is past the end of {self.rec_path} "
+                                    f"({self.file_size} bytes)")
+        self._key_order = np.argsort(self._keys, kind="stable")
+        self._sorted_keys = self._keys[self._key_order]
+        # Record starts in file order: a record is at most as long as the gap to the next one.
+        self._record_starts = np.unique(np.append(self._offsets, self.file_size))
+
+    # ---- file handle, reopened after a fork -----------------------------------------------------
+    def _descriptor(self) -> int:
+        if self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.rec_path, os.O_RDONLY | getattr(os, "O_BINARY", 0)), os.getpid()
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd, self._pid = None, None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_fd"], state["_pid"] = None, None
+        return state
+
+    # ---- index ------------------------------------------------------------------------------------
+    @property
+    def keys(self) -> List[int]:
+        return self._keys.tolist()
+
+    @property
+    def key_array(self) -> np.ndarray:
+        return self._keys
+
+    @property
+    def offset_array(self) -> np.ndarray:
+        return self._offsets
+
+    def offset_of(self, key: int) -> int:
+        if self.idx_path is None:
+            raise RecordIOError(f"{self.rec_path}: no .idx file was given, cannot look up key {key}")
+        position = int(np.searchsorted(self._sorted_keys, key))
+        if position == len(self._sorted_keys) or self._sorted_keys[position] != key:
+            raise RecordIOError(f"{self.idx_path}: unknown key {key}")
+        return int(self._offsets[self._key_order[position]])
+
+    def offsets_of(self, keys) -> np.ndarray:
+        """Vectorised `offset_of` for an int array of keys."""
+        keys = np.asarray(keys, dtype=np.int64)
+        positions = np.minimum(np.searchsorted(self._sorted_keys, keys), max(len(self._sorted_keys) - 1, 0))
+        missing = np.flatnonzero(self._sorted_keys[positions] != keys) if len(self._sorted_keys) else np.arange(keys.size)
+        if missing.size:
+            raise RecordIOError(f"{self.idx_path}: unknown key {int(keys[missing[0]])}")
+        return self._offsets[self._key_order[positions]]
+
+    def __contains__(self, key: int) -> bool:
+        position = int(np.searchsorted(self._sorted_keys, key))
+        return position < len(self._sorted_keys) and self._sorted_keys[position] == key
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    # ---- records ---------------------------------------------------------------------------------
+    def _size_hint(self, offset: int) -> int:
+        if self.idx_path is None:
+            return _UNINDEXED_FIRST_READ
+        following = int(np.searchsorted(self._record_starts, offset, side="right"))
+        return min(int(self._record_starts[following]) - offset, _MAX_FIRST_READ)
+
+    def read_parts(self, offset: int, size_hint: Optional[int] = None) -> Tuple[Optional[bytes], list, int]:
+        """One logical record at `offset` -> (record or None at EOF, [[offset, cflag, length]...], next offset)."""
+        if offset < 0 or offset > self.file_size:
+            raise RecordIOError(f"{self.rec_path}: offset {offset} is past the end of the file ({self.file_size} bytes)")
+        if offset == self.file_size:
+            return None, [], offset
+        descriptor = self._descriptor()
+        buffer = os.pread(descriptor, max(size_hint or self._size_hint(offset), CHUNK_HEADER.size), offset)
+        position, parts, pieces = 0, [], []
+        while True:
+            chunk_offset = offset + position
+            if len(buffer) - position < CHUNK_HEADER.size:
+                buffer += os.pread(descriptor, CHUNK_HEADER.size, offset + len(buffer))
+                if len(buffer) - position < CHUNK_HEADER.size:
+                    raise RecordIOError(f"{self.rec_path}: truncated chunk header at offset {chunk_offset} "
+                                        f"({len(buffer) - position} of {CHUNK_HEADER.size} bytes)")
+            magic, lrecord = CHUNK_HEADER.unpack_from(buffer, position)
+            if magic != MAGIC:
+                raise RecordIOError(f"{self.rec_path}: bad magic 0x{magic:08X} at offset {chunk_offset} "
+                                    f"(expected 0x{MAGIC:08X})")
+            cflag, length = lrecord >> LENGTH_BITS, lrecord & MAX_CHUNK_LENGTH
+            starts_record = not parts
+            if starts_record != (cflag in (CFLAG_WHOLE, CFLAG_FIRST)):
+                raise RecordIOError(f"{self.rec_path}: chunk with cflag {cflag} at offset {chunk_offset} "
+                                    + ("cannot start a record" if starts_record else "inside a multi-part record"))
+            data_start = position + CHUNK_HEADER.size
+            needed = data_start + _aligned(length)
+            if len(buffer) < needed:
+                buffer += os.pread(descriptor, needed - len(buffer), offset + len(buffer))
+                if len(buffer) < data_start + length:
+                    raise RecordIOError(f"{self.rec_path}: truncated chunk at offset {chunk_offset}: needs {length} "
+                                        f"data bytes, the file has {len(buffer) - data_start}")
+            parts.append([chunk_offset, cflag, length])
+            pieces.append(buffer[data_start:data_start + length])
+            position = data_start + _aligned(length)
+            if cflag in (CFLAG_WHOLE, CFLAG_LAST):
+                record = pieces[0] if len(pieces) == 1 else MAGIC_BYTES.join(pieces)
+                return record, parts, min(offset + position, self.file_size)
+
+    def read_at(self, offset: int) -> bytes:
+        """The logical record whose first chunk starts at byte `offset`."""
+        if offset >= self.file_size:
+            raise RecordIOError(f"{self.rec_path}: offset {offset} is past the end of the file ({self.file_size} bytes)")
+        return self.read_parts(offset)[0]
+
+    def read_idx(self, key: int) -> bytes:
+        offset = self.offset_of(key)
+        try:
+            return self.read_at(offset)
+        except RecordIOError as error:
+            raise RecordIOError(f"{error} (key {key})") from None
+
+    def read_header_at(self, offset: int) -> IRHeader:
+        """The IRHeader of the record at `offset`, reading 32 bytes when the record allows it."""
+        head = os.pread(self._descriptor(), CHUNK_HEADER.size + IR_HEADER.size, max(offset, 0))
+        if len(head) == CHUNK_HEADER.size + IR_HEADER.size and 0 <= offset < self.file_size:
+            magic, lrecord = CHUNK_HEADER.unpack_from(head)
+            whole_header = lrecord >> LENGTH_BITS == CFLAG_WHOLE and lrecord & MAX_CHUNK_LENGTH >= IR_HEADER.size
+            if magic == MAGIC and whole_header and IR_HEADER.unpack_from(head, CHUNK_HEADER.size)[0] == 0:
+                return IRHeader(*IR_HEADER.unpack_from(head, CHUNK_HEADER.size))
+        # Array labels, a split header or a corrupt chunk: the full read handles (and names) them.
+        record = self.read_at(offset)
+        try:
+            return unpack(record)[0]
+        except RecordIOError as error:
+            raise RecordIOError(f"{self.rec_path}: record at offset {offset}: {error}") from None
+
+    def __iter__(self) -> Iterator[Tuple[int, bytes]]:
+        offset = 0
+        while True:
+            record, _, next_offset = self.read_parts(offset)
+            if record is None:
+                return
+            yield offset, record
+            offset = next_offset
+
+
+class RecordIOWriter:
+    """Appends records to `<rec>.tmp` (and `<idx>.tmp`); `close()` renames them into place."""
+
+    def __init__(self, rec_path, idx_path=None):
+        self.rec_path = Path(rec_path)
+        self.idx_path = Path(idx_path) if idx_path is not None else None
+        self._rec_tmp = self.rec_path.with_name(self.rec_path.name + ".tmp")
+        self._idx_tmp = self.idx_path.with_name(self.idx_path.name + ".tmp") if self.idx_path else None
+        self._rec_file = open(self._rec_tmp, "wb")
+        self._idx_file = open(self._idx_tmp, "w", newline="\n") if self._idx_tmp else None
+        self._position = 0
+        self.closed = False
+
+    def tell(self) -> int:
+        return self._position
+
+    def write(self, record: bytes) -> int:
+        """Append one record; returns its offset."""
+        if self.closed:
+            raise RecordIOError(f"{self.rec_path}: writer is closed")
+        offset = self._position
+        framed = frame_record(bytes(record))
+        self._rec_file.write(framed)
+        self._position += len(framed)
+        return offset
+
+    def write_idx(self, key: int, record: bytes) -> int:
+        if self._idx_file is None:
+            raise RecordIOError(f"{self.rec_path}: write_idx needs an idx_path")
+        offset = self.write(record)
+        self._idx_file.write(f"{key}\t{offset}\n")
+        return offset
+
+    def close(self) -> None:
+        """Flush and rename the temporary files into place."""
+        if self.closed:
+            return
+        self.closed = True
+        for handle in (self._rec_file, self._idx_file):
+            if handle is not None:
+                handle.flush()
+                os.fsync(handle.fileno())
+                handle.close()
+        os.replace(self._rec_tmp, self.rec_path)
+        if self._idx_tmp is not None:
+            os.replace(self._idx_tmp, self.idx_path)
+
+    def abort(self) -> None:
+        """Drop everything written so far (no output file appears)."""
+        if self.closed:
+            return
+        self.closed = True
+        for handle, path in ((self._rec_file, self._rec_tmp), (self._idx_file, self._idx_tmp)):
+            if handle is not None:
+                handle.close()
+                path.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

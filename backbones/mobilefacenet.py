@@ -3,12 +3,28 @@ scale 2): stride-2 stem, inverted-residual depthwise stages down to 7x7, a 1x1 c
 channels and a global depthwise conv (GDC) embedding head."""
 from __future__ import annotations
 
-from typing import Sequence
+from functools import partial
+from typing import Callable, Sequence, Tuple, Type
 
 import torch
 from torch import nn
 
 from backbones.iresnet import checkpointed_call
+
+
+def initialise_layers(model: nn.Module, weighted_layers: Tuple[Type[nn.Module], ...],
+                      norm_layers: Tuple[Type[nn.Module], ...],
+                      initialise_weight: Callable[[torch.Tensor], object]) -> None:
+    """In module order: `initialise_weight` on each weighted layer's weight (bias to zero), and
+    each norm layer to the identity affine map (weight one, bias zero)."""
+    for module in model.modules():
+        if isinstance(module, weighted_layers):
+            initialise_weight(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, norm_layers):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
 
 def conv_bn(in_channels: int, out_channels: int, kernel: int = 1, stride: int = 1,
@@ -74,14 +90,8 @@ class MobileFaceNet(nn.Module):
         self.gdc = conv_bn(512, 512, 7, groups=512, activation=False, padding=0)
         self.fc = nn.Linear(512, num_features, bias=False)
         self.features = nn.BatchNorm1d(num_features)
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        initialise_layers(self, (nn.Conv2d, nn.Linear), (nn.BatchNorm2d,),
+                          partial(nn.init.kaiming_normal_, mode="fan_out", nonlinearity="relu"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:

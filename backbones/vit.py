@@ -5,11 +5,14 @@ masking while training, and an embedding head that flattens all tokens:
 Linear(144*dim, dim) -> BN1d -> Linear(dim, d) -> BN1d."""
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from backbones.iresnet import checkpointed_call
+from backbones.mobilefacenet import initialise_layers
 
 # name -> (embed_dim, depth, num_heads, drop_path_rate, mask_ratio), the insightface settings
 VIT_SIZES = {
@@ -106,14 +109,7 @@ class VisionTransformer(nn.Module):
             nn.BatchNorm1d(num_features, eps=2e-5))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        initialise_layers(self, (nn.Linear,), (nn.LayerNorm,), partial(nn.init.trunc_normal_, std=0.02))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.img_size, self.img_size):

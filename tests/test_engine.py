@@ -10,8 +10,10 @@ from backbones import load_backbone
 from tests.extract_features_probe import PROBE_INDICES, ExtractFeaturesProbe
 from tests.training_fixtures import (run, single_thread, tiny_training_keys, torchrun_command, write_config,
                                      write_tiny_rec)
+from utils.checkpoint import parameter_indices
+from utils.config import load_config
 from utils.distributed import init_distributed, remove_launcher_args
-from utils.engine import random_flip, train
+from utils.engine import Trainer, mean_over_micro_batches, random_flip, train
 from utils.plain_methods import ArcFaceMethod
 
 
@@ -80,6 +82,37 @@ def test_non_finite_loss_stops_with_one_line_and_debug_state(tmp_path, tiny_rec,
     assert debug["step"] == 2 and tuple(debug["nonfinite"]["batch_index"].shape) == (4,)
 
 
+class CountsMicroBatches(ArcFaceMethod):
+    """Loss and a term equal to the 1-based number of the micro-batch (no gradient reaches the model)."""
+    name = "arcface"
+
+    def __init__(self, cfg, env):
+        super().__init__(cfg, env)
+        self.calls = 0
+
+    def loss(self, embeddings, batch, head, progress):
+        classification, _ = super().loss(embeddings, batch, head, progress)
+        self.calls += 1
+        return classification * 0.0 + self.calls, {"micro_batch": float(self.calls)}
+
+
+def test_accumulated_step_logs_mean_over_its_micro_batches(tmp_path, tiny_rec, one_thread):
+    output = tmp_path / "accumulated"
+    config = write_config(tmp_path / "accumulated.py", **tiny_training_keys(
+        tiny_rec, output, num_epoch=1, frequent=1, gradient_accumulation_steps=2))
+    train(CountsMicroBatches, [str(config)])
+    # 8 micro-batches, 2 per step: step s holds micro-batches 2s-1 and 2s, mean 2s - 0.5
+    assert loss_values(output / "training.log") == [1.5, 3.5, 5.5, 7.5]
+    assert (output / "training.log").read_text().count("micro_batch 1.5000") == 1
+
+
+def test_mean_over_micro_batches_of_tensors_and_floats():
+    loss, terms = mean_over_micro_batches(
+        [torch.tensor(1.0), torch.tensor(4.0)],
+        [{"classification": torch.tensor(2.0), "replaced": 3}, {"classification": torch.tensor(6.0), "replaced": 5}])
+    assert float(loss) == 2.5 and float(terms["classification"]) == 4.0 and terms["replaced"] == 4.0
+
+
 def test_bad_config_exits_with_one_line(tmp_path, capsys):
     config = tmp_path / "typo.py"
     config.write_text("from easydict import EasyDict as edict\nconfig = edict()\nconfig.netwrk = 'r18'\n")
@@ -126,6 +159,22 @@ def test_two_process_gloo_run(tmp_path, tiny_rec, script, method, launcher):
     assert checkpoint["head"][head_weight].shape[0] == 4  # the full head: every class, both shards
     assert len(checkpoint["per_rank"]) == 2
     assert "Traceback" not in result.stderr
+    if method == "arcface":
+        assert_head_momentum_resumes_on_one_rank(config, checkpoint)
+
+
+def assert_head_momentum_resumes_on_one_rank(config: Path, checkpoint: dict) -> None:
+    """The Partial FC momentum of a 2-rank run, stored for all 4 classes, is kept by a 1-rank resume."""
+    (full_momentum,) = [entry["momentum_buffer"] for entry in checkpoint["head_optimizer"].values()]
+    assert tuple(full_momentum.shape) == (4, 32) and bool(full_momentum.abs().sum(1).gt(0).all())
+    cfg = load_config(config)
+    cfg.resume = True
+    with single_thread():
+        trainer = Trainer(cfg, ArcFaceMethod, [str(config)])
+    (head_index,) = parameter_indices(trainer.optimizer, list(trainer.head.parameters()))
+    assert list(checkpoint["head_optimizer"]) == [head_index]
+    assert torch.equal(trainer.optimizer.state[trainer.head.weight]["momentum_buffer"], full_momentum)
+    trainer.monitor.close()
 
 
 def probe_reports(output: Path, ranks: int):

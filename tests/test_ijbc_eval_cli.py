@@ -18,7 +18,7 @@ from backbones import get_model, load_backbone
 from tests.test_ijbc_metrics import reference_style_one_to_n
 from tests.test_ijbc_pooling import naive_templates, skimage_similarity
 from tools.ijbc_eval import compat_report, ijbc_eval
-from tools.ijbc_eval.embed import EmbeddingOptions, model_embeddings
+from tools.ijbc_eval.embed import EmbeddingOptions, inference_model, model_embeddings
 from tools.ijbc_eval.evaluation import run_identification, run_verification
 from tools.ijbc_eval.pooling import Variant
 from tools.ijbc_eval.protocol import load_identification_protocol, load_verification_protocol
@@ -177,6 +177,30 @@ def test_cache_reuse_and_key_mismatch(workspace, tmp_path, capsys):
     assert len(list((tmp_path / "cache").iterdir())) == 1  # replaced in place, no temporary left
 
 
+@pytest.mark.parametrize("network", ["tiny", "vit_t"])
+def test_inference_model_gives_the_backbone_embeddings(network):
+    torch.manual_seed(0)
+    model = get_model(network, 64).eval()
+    for module in model.modules():
+        if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    images = torch.randn(3, 3, 112, 112)
+    fast = inference_model(model)
+    with torch.no_grad():
+        expected = model(images)
+        embeddings = fast(images.contiguous(memory_format=torch.channels_last))
+    np.testing.assert_allclose(embeddings.numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(value, state[name]) for name, value in model.state_dict().items())  # a copy
+    def batchnorms(module):
+        return sum(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in module.modules())
+    if network == "tiny":  # 8 of its 11 BatchNorms follow a convolution or the final Linear
+        assert (batchnorms(model), batchnorms(fast)) == (11, 3)
+    else:  # the ViT's forward cannot be traced: used unfused
+        assert batchnorms(fast) == batchnorms(model)
+
+
 def test_self_test_equals_cross_test_with_the_same_model(workspace):
     root, truth = workspace
     protocol = load_verification_protocol(root / "data", "IJBC")
@@ -204,6 +228,22 @@ def test_model_and_size_errors_are_one_line(workspace, capsys):
     assert cli(root, "-m", str(root / "new.pt"), "-net", "tiny", "-m_old", str(root / "small.pt"),
                "-old_net", "tiny", "-R", str(root / "err")) == 1
     assert "cross-test needs equal feature sizes" in capsys.readouterr().err
+
+
+def test_reference_spelling_with_equals_signs(workspace):
+    root, _ = workspace
+    arguments = ijbc_eval.parse_arguments(["-m=NEW.pt", "-net=r50", "-m_old=OLD.pt", "-old_net=r18", "-N"])
+    assert (arguments.model, arguments.network, arguments.model_old, arguments.old_network,
+            arguments.is_one_2_N) == (Path("NEW.pt"), "r50", Path("OLD.pt"), "r18", True)
+    results = {}
+    for spelling, flags in (("equals", [f"-m={root / 'new.pt'}", "-net=tiny", f"-m_old={root / 'old.pt'}",
+                                        "-old_net=tiny"]),
+                            ("spaces", ["-m", str(root / "new.pt"), "-net", "tiny", "-m_old", str(root / "old.pt"),
+                                        "-old_net", "tiny"])):
+        assert cli(root, *flags, "-N", "-R", str(root / spelling)) == 0
+        results[spelling] = load_result(root / spelling, "new_vs_old_IJBC_1N")[1]
+    assert results["equals"]["settings"]["test"] == "cross"
+    assert results["equals"]["identification"] == results["spaces"]["identification"]
 
 
 @pytest.mark.heavy  # a fresh interpreter importing torch: ~5-15 s; main() is tested in-process above
@@ -241,3 +281,58 @@ def test_compatibility_report(workspace, expected, capsys):
             assert verdict["gain"] == pytest.approx((cross - old) / (independent - old))
     assert (output / "compat_report.png").is_file() and (output / "compat_report.md").is_file()
     assert "| A new/old |" in capsys.readouterr().out
+    # counts, from the toy protocol's ground truth
+    _, truth = workspace
+    counts = report["counts"]
+    labels = protocol.pair_labels
+    assert (counts["genuine_pairs"], counts["impostor_pairs"]) == (int(labels.sum()), int((labels == 0).sum()))
+    subject_of = dict(zip(truth["template_ids"].tolist(), truth["template_subjects"].tolist()))
+    probe_subjects = [subject_of[t] for t in truth["probes"].tolist()]
+    assert counts["probes"] == len(probe_subjects)
+    for name, templates in truth["galleries"].items():
+        in_gallery = {subject_of[t] for t in templates.tolist()}
+        nonmated = sum(subject not in in_gallery for subject in probe_subjects)
+        assert counts["galleries"][name] == {"templates": len(templates), "nonmated_probes": nonmated,
+                                             "mated_probes": len(probe_subjects) - nonmated}
+    # the added columns, against sklearn and the reference-style loops
+    assert rows["A new/new"]["TAR@FAR=1e-2"] == pytest.approx(tpr[np.argmin(abs(fpr - 1e-2))])
+    naive = naive_identification(expected["new"], expected["new"], root, truth)
+    assert rows["A new/new"]["1:N top-5"] == pytest.approx(np.mean([top5 for _, top5, _ in naive.values()]))
+    assert rows["A new/new"]["1:N top-1"] == pytest.approx(np.mean([top1 for top1, _, _ in naive.values()]))
+    # 12 genuine / 60 impostor pairs: no FAR <= 1e-2 is resolvable (0.6 false accepts); 6 non-mated
+    # probes per gallery: neither is FPIR 1e-2
+    assert report["resolvable"] == {metric: metric.startswith("1:N") for metric in compat_report.METRICS}
+    markdown = (output / "compat_report.md").read_text()
+    header = [cell.strip() for cell in markdown.splitlines()[4].strip("|").split("|")]
+    cells = [cell.strip() for cell in next(line for line in markdown.splitlines()
+                                           if line.startswith("| A new/old |")).strip("|").split("|")]
+    marked = dict(zip(header, cells))
+    for far in ("1e-5", "1e-4", "1e-3", "1e-2"):
+        assert marked[f"TAR@FAR={far} %"] == f"{100 * rows['A new/old'][f'TAR@FAR={far}']:.4f}\u2020"
+    assert marked["TPIR@FPIR=1e-2 %"].endswith("\u2021")
+    assert marked["1:N top-1 %"] == f"{100 * rows['A new/old']['1:N top-1']:.4f}"
+    assert "below 1 / 60 impostor pairs" in markdown and "non-mated probes: G1 6, G2 6)" in markdown
+    assert "top-1 = 1 / gallery size (3 and 3) = 33.3333" in markdown
+
+
+def test_report_marks_only_unresolvable_cells():
+    counts = {"genuine_pairs": 40, "impostor_pairs": 5000, "probes": 90,
+              "galleries": {"G1": {"templates": 8, "mated_probes": 40, "nonmated_probes": 150},
+                            "G2": {"templates": 10, "mated_probes": 50, "nonmated_probes": 200}}}
+    values = {metric: 0.125 for metric in compat_report.METRICS}
+    rows = {"old/old": values, "A new/new": values, "A new/old": values}
+    criteria = {"A": compat_report.compatibility(rows, "A")}
+    markdown = compat_report.report_markdown("title", rows, criteria, counts)
+    lines = markdown.splitlines()
+    header = [cell.strip() for cell in lines[4].strip("|").split("|")]
+    cells = dict(zip(header, [cell.strip() for cell in lines[8].strip("|").split("|")]))
+    assert cells["test"] == "A new/old"
+    # 5000 impostors: 0.05 and 0.5 false accepts allowed at 1e-5 and 1e-4, 5 and 50 at 1e-3, 1e-2
+    assert [cells[f"TAR@FAR={far} %"] for far in ("1e-5", "1e-4", "1e-3", "1e-2")] == [
+        "12.5000\u2020", "12.5000\u2020", "12.5000", "12.5000"]
+    assert cells["TPIR@FPIR=1e-2 %"] == "12.5000"  # 150 and 200 non-mated probes: 1.5 and 2 allowed
+    assert "\u2021" not in markdown
+    assert "TAR@FAR (1e-5: 0, 1e-4: 0, 1e-3: 5, 1e-2: 50)" in markdown
+    assert "5000 impostor pairs = 2.00e-04" in markdown and "TAR@FAR=1e-5, TAR@FAR=1e-4;" in markdown
+    verdict = next(line for line in lines if line.startswith("| A |"))
+    assert verdict.count("\u2020") == 2

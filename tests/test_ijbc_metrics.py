@@ -161,3 +161,37 @@ def test_gallery_with_several_templates_per_subject():
                               fpir_grid=np.array([1.0]), ranks=(1, 2))
     assert result["top_k"] == {1: 0.5, 2: 1.0}
     assert result["threshold"] == [pytest.approx(0.4)] and result["tpir"] == [0.5]
+
+
+def report_counts(impostor_pairs, nonmated_probes, gallery_sizes):
+    galleries = {f"G{i + 1}": {"templates": size, "mated_probes": 10, "nonmated_probes": nonmated}
+                 for i, (size, nonmated) in enumerate(zip(gallery_sizes, nonmated_probes))}
+    return {"genuine_pairs": 40, "impostor_pairs": impostor_pairs, "probes": 99, "galleries": galleries}
+
+
+def test_report_resolvability_needs_one_allowed_false_accept():
+    from tools.ijbc_eval.compat_report import resolvable_metrics
+    # 10,000 impostors: FAR 1e-4 allows exactly one false accept; 9,999 allow none
+    assert resolvable_metrics(report_counts(10_000, [100, 100], [5, 5])) == {
+        "TAR@FAR=1e-5": False, "TAR@FAR=1e-4": True, "TAR@FAR=1e-3": True, "TAR@FAR=1e-2": True,
+        "1:N top-1": True, "1:N top-5": True, "TPIR@FPIR=1e-2": True}
+    resolvable = resolvable_metrics(report_counts(9_999, [100, 99], [5, 5]))
+    assert not resolvable["TAR@FAR=1e-4"] and resolvable["TAR@FAR=1e-3"]
+    assert not resolvable["TPIR@FPIR=1e-2"]  # G2 has 99 non-mated probes: 0.99 allowed
+
+
+def test_report_chance_levels_match_random_scores():
+    from tools.ijbc_eval.compat_report import chance_levels
+    chance = chance_levels(report_counts(1000, [50, 50], [4, 10]))
+    assert chance["1:N top-1"] == pytest.approx((1 / 4 + 1 / 10) / 2)
+    assert chance["1:N top-5"] == pytest.approx((1.0 + 5 / 10) / 2)   # top-5 of 4 templates: always
+    assert chance["TPIR@FPIR=1e-2"] == pytest.approx((0.01 / 4 + 0.01 / 10) / 2)
+    assert chance["TAR@FAR=1e-3"] == 1e-3
+    # the same levels measured on random similarities (one gallery of 4, FPIR 0.1 from the grid)
+    rng = np.random.default_rng(9)
+    probes = 40_000
+    subjects = np.where(rng.random(probes) < 0.5, rng.integers(0, 4, probes), 99)
+    result = open_set_metrics(torch.tensor(rng.random((probes, 4))), subjects, np.arange(4), "G",
+                              fpir_grid=np.array([0.1]), ranks=(1,))
+    assert result["top_k"][1] == pytest.approx(1 / 4, abs=0.01)
+    assert result["tpir"][0] == pytest.approx(0.1 / 4, abs=0.004)

@@ -1,6 +1,7 @@
 """Each of the six methods trains for real: 2 processes (torchrun, gloo, CPU), a few steps on a
 tiny rec, with old-model artifacts computed by the tools' functions and guarded by manifests; then
-a UniBCT resume that must restore the refined prototypes instead of refining again.
+a UniBCT resume that must restore the refined prototypes instead of refining again, and an NCCL
+resume (set-up only) that must give each rank back its own class shard of the queue logits.
 
 Starting Python with torch costs many seconds on a busy machine, so one torchrun launch runs all
 trainings: this file is also the launched script (see the __main__ block), calling
@@ -10,6 +11,7 @@ BCT_methods/<Method>/train.py does. The scripts themselves are started by the la
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +102,21 @@ def test_unibct_refines_then_resume_restores_prototypes(trained):
     assert "resumed from" in log
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_nccl_resume_restores_each_ranks_logit_shard(trained, rank):
+    folder, _ = trained
+    saved = checkpoint(folder / "work_NCCL" / "checkpoint.pt")
+    # rank 0's method state is the top-level one; the other ranks' logit shards differ from it
+    saved_state = saved["method"] if rank == 0 else saved["per_rank"][rank]["method"]
+    restored = torch.load(folder / f"nccl_restored_rank{rank}.pt", weights_only=False)
+    assert tuple(saved_state["class_shard"]) == restored["class_shard"] == (2 * rank, 2)  # 4 classes, 2 ranks
+    assert bool(restored["logits"].abs().sum(1).gt(0).all()), "every slot holds logits of a pushed sample"
+    assert torch.equal(restored["logits"], saved_state["queue"]["logits"])
+    assert not any("restarts from zeros" in message for message in restored["warnings"])
+    if rank == 1:
+        assert not torch.equal(restored["logits"], saved["method"]["queue"]["logits"])
+
+
 def test_script_refuses_feature_size_mismatch_with_one_line(trained):
     folder, paths = trained
     settings = tiny_training_keys(folder / "rec", folder / "work_mismatch", method="MixBCT", embedding_size=64, **paths)
@@ -131,7 +148,24 @@ def train_every_method(folder: Path) -> None:
         shutil.copy(folder / "work_UniBCT" / "checkpoint.pt", folder / BEFORE_RESUME)
     barrier()
     train(UniBCTMethod, [str(folder / "UniBCT_config.py"), "--resume", "--set", "num_epoch=3"])
+    save_restored_nccl_queue(folder, NCCLMethod)
     cleanup()
+
+
+def save_restored_nccl_queue(folder: Path, method_class) -> None:
+    """Set up (no step) a resume of the NCCL run on every rank; save what this rank's queue holds."""
+    from utils.config import load_config
+    from utils.engine import Trainer
+    config = folder / "NCCL_config.py"
+    cfg = load_config(config)
+    cfg.resume = True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = Trainer(cfg, method_class, [str(config)])
+    trainer.monitor.close()
+    restored = {"class_shard": trainer.method.class_shard, "logits": trainer.method.queue.logits.cpu(),
+                "warnings": [str(warning.message) for warning in caught]}
+    torch.save(restored, folder / f"nccl_restored_rank{trainer.rank}.pt")
 
 
 if __name__ == "__main__":

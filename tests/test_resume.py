@@ -1,5 +1,6 @@
 """A run killed with SIGKILL and resumed with --resume ends with exactly the weights of an
-uninterrupted run (CPU, deterministic mode), with and without loader workers."""
+uninterrupted run (CPU, deterministic mode), with and without loader workers; the pieces of a
+checkpoint that make a resume world-size independent or per rank."""
 import os
 import signal
 import subprocess
@@ -9,8 +10,12 @@ import time
 import pytest
 import torch
 
+import losses.partial_fc as partial_fc
+from losses.margin import CombinedMarginLoss
+from losses.partial_fc import PartialFC
 from tests.training_fixtures import (REPO_ROOT, run, single_thread, subprocess_env, tiny_training_keys, write_config,
                                      write_tiny_rec)
+from utils.checkpoint import full_head_optimizer_state, sharded_head_optimizer_state, state_digest
 from utils.engine import train
 from utils.plain_methods import ArcFaceMethod
 
@@ -62,3 +67,45 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(reference, killed_work
     assert set(weights) == set(expected)
     different = [name for name in expected if not torch.equal(weights[name], expected[name])]
     assert not different, f"resumed from step {step}; tensors differ: {different[:5]}"
+
+
+def partial_fc_with_momentum(num_classes: int, rank: int = 0, world_size: int = 1, monkeypatch=None):
+    """A Partial FC head as `rank` of `world_size` would build it, and an SGD step's momentum."""
+    if monkeypatch is not None:
+        monkeypatch.setattr(partial_fc, "get_rank", lambda: rank)
+        monkeypatch.setattr(partial_fc, "get_world_size", lambda: world_size)
+    head = PartialFC(CombinedMarginLoss(64.0, 1.0, 0.5, 0.0), 8, num_classes)
+    backbone_weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([{"params": [backbone_weight]}, {"params": list(head.parameters())}],
+                                lr=0.1, momentum=0.9)
+    for parameter in (backbone_weight, head.weight):
+        parameter.grad = torch.randn_like(parameter)
+    optimizer.step()
+    return head, optimizer
+
+
+def test_head_momentum_is_stored_for_all_classes_and_resharded_for_any_rank(monkeypatch):
+    head, optimizer = partial_fc_with_momentum(10)
+    full = full_head_optimizer_state(optimizer, head)
+    momentum = optimizer.state[head.weight]["momentum_buffer"]
+    assert list(full) == [1] and torch.equal(full[1]["momentum_buffer"], momentum)  # index 1: after the backbone
+    # rank 1 of 3 holds classes 4, 5, 6 (the first 10 % 3 ranks take one extra class)
+    other_head, other_optimizer = partial_fc_with_momentum(10, rank=1, world_size=3, monkeypatch=monkeypatch)
+    sharded = sharded_head_optimizer_state(full, other_optimizer, other_head)
+    assert torch.equal(sharded[1]["momentum_buffer"], momentum[4:7])
+    other_optimizer.load_state_dict({**other_optimizer.state_dict(),
+                                     "state": {**other_optimizer.state_dict()["state"], **sharded}})
+    assert torch.equal(other_optimizer.state[other_head.weight]["momentum_buffer"], momentum[4:7])
+
+
+def test_state_digest_tells_method_states_apart():
+    def queue_state(first_logit: float, class_shard=(0, 2)):
+        logits = torch.zeros(4, 2, dtype=torch.float16)
+        logits[0, 0] = first_logit
+        return {"queue": {"logits": logits, "labels": torch.tensor([0, 1, -1, -1]), "pointer": 2},
+                "class_shard": class_shard}
+    assert state_digest(queue_state(1.0)) == state_digest(queue_state(1.0))
+    assert state_digest(queue_state(1.0)) != state_digest(queue_state(2.0))
+    assert state_digest(queue_state(1.0)) != state_digest(queue_state(1.0, class_shard=(2, 2)))
+    assert state_digest(torch.tensor([1.0])) != state_digest(torch.tensor([1]))
+    assert state_digest({}) == state_digest({}) != state_digest([])

@@ -13,8 +13,9 @@ import datetime
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import numpy as np
 
@@ -125,7 +126,7 @@ def _jsonable(value):
 def write_text_atomic(path, text: str) -> None:
     path = Path(path)
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
+    temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
 
 
@@ -276,16 +277,21 @@ def check_artifact(array_path, kind: str, dataset_fingerprint: Optional[Mapping]
     return manifest
 
 
-# ---- the command line of the tools that read old features --------------------------------
+# ---- the command line of the tools that write or read old features ------------------------
+def add_sd_argument(parser: argparse.ArgumentParser) -> None:
+    """--SD, the scenario detail that names one old model's set of artifacts."""
+    parser.add_argument("--SD", required=True, metavar="NAME",
+                        help="scenario detail, e.g. f128_r18_softmax_class70; its suffix "
+                             "(class70, class100, data70, data100, class30, data30) picks the "
+                             "subset and the folder feature_save/{OPclass,EXclass,OPdata,EXdata}")
+
+
 def scenario_parser(description: str) -> argparse.ArgumentParser:
     """Argument parser of a tool that derives an artifact from old features: the tool's
     docstring as help, plus --SD, --out, --data and --chunk-rows."""
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--SD", required=True, metavar="NAME",
-                        help="scenario detail, e.g. f128_r18_softmax_class70; its suffix "
-                             "(class70, class100, data70, data100, class30, data30) picks the "
-                             "folder feature_save/{OPclass,EXclass,OPdata,EXdata}")
+    add_sd_argument(parser)
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="folder holding <SD>_feature.npy / <SD>_label.npy and receiving the "
                              "output (default: the scenario folder under feature_save/)")
@@ -332,3 +338,26 @@ def derived_manifest_fields(kind: str, tool: str, args, feature_manifest: Mappin
     """Manifest fields of an artifact computed from old features: same dataset and model."""
     return {"kind": kind, "tool": tool, "args": args, "dataset": feature_manifest.get("dataset"),
             "model": feature_manifest.get("model"), "extra": extra}
+
+
+def derive_artifact(args: argparse.Namespace, kind: str, tool: str, compute: Callable,
+                    output_path: Optional[Callable[[Path], Path]] = None,
+                    main_array: Optional[str] = None) -> Path:
+    """The body of a tool that derives one artifact from the old features of --SD (args from
+    scenario_parser): load and check them, compute, write the result with its manifest, report.
+
+    `compute(features, labels, num_classes, args)` returns (array, or dict of arrays written as an
+    .npz whose manifest shape is `main_array`'s, by default the first member's, the one
+    load_artifact_array checks; extra manifest fields or None; a summary to print). The file is
+    `output_path(folder)`, by default the kind's name from artifact_paths."""
+    folder, features, labels, feature_manifest, num_classes = open_scenario(args)
+    start = time.time()
+    result, extra, summary = compute(features, labels, num_classes, args)
+    output = output_path(folder) if output_path is not None else artifact_paths(args.SD, folder)[kind]
+    fields = derived_manifest_fields(kind, tool, args, feature_manifest, extra)
+    if isinstance(result, Mapping):
+        save_npz_atomic(output, result, main_array=main_array or next(iter(result)), **fields)
+    else:
+        save_array_atomic(output, result, **fields)
+    print(f"{summary} written to {output} ({time.time() - start:.1f} s)", flush=True)
+    return output

@@ -2,14 +2,17 @@
 
 checkpoint.pt holds everything a run needs to continue exactly:
   backbone, head (full_state_dict for the sharded Partial FC: world-size independent), extra
-  modules, method state, optimizer, scheduler, scaler, epoch / step / position in the epoch,
-  config, and `per_rank`: one entry per rank with its RNG states and, for a sharded head, the
-  optimizer state of that rank's head parameters (momentum of its class rows).
+  modules, method state (rank 0's), optimizer, scheduler, scaler, epoch / step / position in the
+  epoch, config, `head_optimizer` for a sharded head: the optimizer state of its parameters with
+  every per-row buffer (momentum ...) gathered to all classes, so any world size can re-shard it,
+  and `per_rank`: one entry per rank with its RNG states and its method state (None where it
+  equals rank 0's, e.g. replicated prototypes, so they are stored once).
 The optimizer state of replicated parameters is rank 0's. Resuming with the same world size is
-exact; with another world size the sharded head's momentum and the per-rank RNG restart.
+exact; with another world size the per-rank RNG restarts and every rank gets rank 0's method state.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -88,17 +91,70 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def optimizer_entries(optimizer: torch.optim.Optimizer, parameter_ids: Sequence[int]) -> Dict[int, Any]:
-    """The optimizer state (momentum ...) of the parameters at these state-dict indices."""
-    state = optimizer.state_dict()["state"]
-    return {index: state[index] for index in parameter_ids if index in state}
+def _ordered_parameters(optimizer: torch.optim.Optimizer) -> List[nn.Parameter]:
+    """Parameters in state-dict index order (the order of the optimizer's param groups)."""
+    return [parameter for group in optimizer.param_groups for parameter in group["params"]]
+
+
+def full_head_optimizer_state(optimizer: torch.optim.Optimizer, head: nn.Module) -> Dict[int, Dict[str, Any]]:
+    """{state-dict index: state} of a sharded head's parameters on the CPU, every per-row buffer
+    (momentum, Adam moments) gathered to [num_classes, ...] with head.gather_rows (collective:
+    every rank calls, and every rank gets the full state)."""
+    head_parameters = {id(parameter) for parameter in head.parameters()}
+    full = {}
+    for index, parameter in enumerate(_ordered_parameters(optimizer)):
+        if id(parameter) not in head_parameters or parameter not in optimizer.state:
+            continue
+        full[index] = {}
+        for name, value in optimizer.state[parameter].items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape == parameter.shape:
+                value = head.gather_rows(value)
+            full[index][name] = value.detach().to("cpu", copy=True) if torch.is_tensor(value) else value
+    return full
+
+
+def sharded_head_optimizer_state(full_state: Dict[int, Dict[str, Any]], optimizer: torch.optim.Optimizer,
+                                 head: nn.Module) -> Dict[int, Dict[str, Any]]:
+    """This rank's rows of a full_head_optimizer_state() result written with any world size."""
+    ordered = _ordered_parameters(optimizer)
+    sharded = {}
+    for index, entry in full_state.items():
+        full_shape = (head.num_classes,) + tuple(ordered[index].shape[1:])
+        sharded[index] = {name: head.shard_rows(value).clone()
+                          if torch.is_tensor(value) and tuple(value.shape) == full_shape else value
+                          for name, value in entry.items()}
+    return sharded
+
+
+def state_digest(value: Any) -> str:
+    """sha256 of nested dicts / lists / tensors / plain values: tells equal method states apart cheaply."""
+    digest = hashlib.sha256()
+
+    def feed(item: Any) -> None:
+        if torch.is_tensor(item):
+            item = item.detach().cpu().contiguous()
+            digest.update(f"tensor{item.dtype}{tuple(item.shape)}".encode())
+            digest.update(item.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(item, dict):
+            digest.update(f"dict{len(item)}".encode())
+            for key in sorted(item, key=repr):
+                feed(key)
+                feed(item[key])
+        elif isinstance(item, (list, tuple)):
+            digest.update(f"{type(item).__name__}{len(item)}".encode())
+            for element in item:
+                feed(element)
+        else:
+            digest.update(repr(item).encode())
+
+    feed(value)
+    return digest.hexdigest()
 
 
 def parameter_indices(optimizer: torch.optim.Optimizer, parameters: Sequence[nn.Parameter]) -> List[int]:
     """State-dict indices (order of the optimizer's param groups) of `parameters`."""
     wanted = {id(parameter) for parameter in parameters}
-    ordered = [parameter for group in optimizer.param_groups for parameter in group["params"]]
-    return [index for index, parameter in enumerate(ordered) if id(parameter) in wanted]
+    return [index for index, parameter in enumerate(_ordered_parameters(optimizer)) if id(parameter) in wanted]
 
 
 def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:

@@ -1,8 +1,10 @@
 """Training sets: items are (uint8 RGB image [3, H, W], label, dataset index).
 
-Images are decoded and flipped (uint8, at random, p = 0.5) in the loader workers; the float
-conversion and normalisation happen on the device (utils.loader.to_device). Files are opened
-lazily in each process (a forked worker reopens them).
+Images are decoded in the loader workers. `flip=True` mirrors them there at random (p = 0.5);
+the training engine builds its datasets with `flip=False` and flips on the device instead
+(utils.engine.random_flip: a hash of seed, epoch and index, so a resumed run flips exactly the
+same images whatever the worker count). Normalisation happens on the device
+(utils.loader.to_device). Files are opened lazily in each process (a forked worker reopens them).
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import random
 import sys
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -25,11 +25,12 @@ from torch import nn
 
 from backbones import get_model
 from utils.checkpoint import (CHECKPOINT_FILE, DEBUG_CHECKPOINT_FILE, atomic_torch_save, backbone_state_dict,
-                              head_state, load_checkpoint, load_head_state, optimizer_entries, parameter_indices,
-                              rng_state, save_model, set_rng_state, unwrap)
+                              full_head_optimizer_state, head_state, load_checkpoint, load_head_state,
+                              parameter_indices, rng_state, save_model, set_rng_state, sharded_head_optimizer_state,
+                              state_digest, unwrap)
 from utils.config import config_to_json, load_config, save_config
-from utils.distributed import (all_gather_no_grad, average_gradients, barrier, broadcast_parameters, cleanup,
-                               gather_objects, init_distributed, remove_launcher_args)
+from utils.distributed import (all_gather_no_grad, average_gradients, barrier, broadcast_object, broadcast_parameters,
+                               cleanup, gather_objects, init_distributed, remove_launcher_args)
 from utils.datasets import build_dataset
 from utils.loader import build_loader, to_device
 from utils.logging_utils import TrainingMonitor, setup_logger
@@ -124,6 +125,18 @@ def describe_terms(terms: Dict[str, object]) -> str:
     return ", ".join(f"{name}={float(value):.4g}" for name, value in terms.items())
 
 
+def mean_over_micro_batches(losses: Sequence[torch.Tensor],
+                            terms: Sequence[Dict[str, object]]) -> Tuple[torch.Tensor, Dict[str, object]]:
+    """(mean loss, mean of each named term) over the micro-batches of one optimiser step."""
+    def mean(values: Sequence[object]) -> object:
+        if all(torch.is_tensor(value) for value in values):
+            return torch.stack([value.detach().float().reshape(()) for value in values]).mean()
+        return sum(float(value) for value in values) / len(values)
+    names = dict.fromkeys(name for step_terms in terms for name in step_terms)  # first-seen order
+    return mean(losses), {name: mean([step_terms[name] for step_terms in terms if name in step_terms])
+                          for name in names}
+
+
 class Trainer:
     """Everything one training run holds; also what Method.on_epoch_start(epoch, trainer) sees:
     cfg, rank, world_size, device, dataset, backbone (unwrapped), head, extra, optimizer, step,
@@ -209,17 +222,20 @@ class Trainer:
     def _state(self) -> Optional[dict]:
         """Full training state on rank 0 (None elsewhere); every rank must call (collectives)."""
         head_full = head_state(self.head)
-        head_ids = parameter_indices(self.optimizer, list(self.head.parameters())) if is_sharded(self.head) else []
-        local = {"rng": rng_state(),
-                 "head_optimizer": {index: {name: value.cpu() if torch.is_tensor(value) else value
-                                            for name, value in entry.items()}
-                                    for index, entry in optimizer_entries(self.optimizer, head_ids).items()}}
-        per_rank = gather_objects(local)
+        head_optimizer = full_head_optimizer_state(self.optimizer, self.head) if is_sharded(self.head) else {}
+        method_state = self.method.extra_state()
+        # a rank whose method state equals rank 0's (replicated prototypes) sends None: stored once
+        digest = state_digest(method_state)
+        same_as_rank0 = digest == broadcast_object(digest)
+        per_rank = gather_objects({"rng": rng_state(), "method": None if same_as_rank0 else method_state})
         if self.rank != 0:
             return None
+        optimizer_state = self.optimizer.state_dict()
+        for index in head_optimizer:  # stored gathered in "head_optimizer", not rank 0's shard here
+            optimizer_state["state"].pop(index)
         return {"backbone": backbone_state_dict(self.backbone), "head": head_full,
-                "extra": self.extra.state_dict(), "method": self.method.extra_state(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self._scheduler_position(),
+                "extra": self.extra.state_dict(), "method": method_state, "head_optimizer": head_optimizer,
+                "optimizer": optimizer_state, "scheduler": self._scheduler_position(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "epoch": self.epoch, "step": self.step, "micro_step_in_epoch": self.micro_step_in_epoch,
                 "sampler_position": self.micro_step_in_epoch * self.cfg.batch_size,
@@ -248,14 +264,17 @@ class Trainer:
         self.backbone.load_state_dict(state["backbone"])
         load_head_state(self.head, state["head"])
         self.extra.load_state_dict(state["extra"])
-        self.method.load_extra_state(state["method"])
+        own_method_state = state["per_rank"][self.rank].get("method") if same_world else None
+        self.method.load_extra_state(state["method"] if own_method_state is None else own_method_state)
         optimizer_state = state["optimizer"]
         if is_sharded(self.head):
-            head_ids = parameter_indices(self.optimizer, list(self.head.parameters()))
-            mine = state["per_rank"][self.rank]["head_optimizer"] if same_world else {}
-            for index in head_ids:
+            for index in parameter_indices(self.optimizer, list(self.head.parameters())):
                 optimizer_state["state"].pop(index, None)
-            optimizer_state["state"].update(mine)
+            if "head_optimizer" in state:
+                optimizer_state["state"].update(sharded_head_optimizer_state(state["head_optimizer"],
+                                                                             self.optimizer, self.head))
+            elif same_world:  # a checkpoint from before the gathered head state: this rank's own shard
+                optimizer_state["state"].update(state["per_rank"][self.rank]["head_optimizer"])
         self.optimizer.load_state_dict(optimizer_state)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state["scaler"] is not None:
@@ -266,7 +285,7 @@ class Trainer:
         self.best_accuracy = state.get("best_accuracy", {})
         if not same_world:
             self.logger.warning(f"{path}: written by {state['world_size']} ranks, resuming with {self.world_size}: "
-                                "head momentum and random states restart")
+                                "random states restart and every rank starts from rank 0's method state")
         self.logger.info(f"resumed from {path}: epoch {self.epoch}, step {self.step}/{self.total_steps}")
 
     # ---- helpers for method hooks ---------------------------------------------------------
@@ -349,13 +368,18 @@ class Trainer:
             # after the iterator drew its seed: the resumed run continues the interrupted RNG streams
             set_rng_state(self.pending_rng)
             self.pending_rng = None
+        step_losses, step_terms = [], []  # checkpoints fall on step boundaries: never resumed mid-step
         for batch in itertools.islice(iterator, micro_steps - self.micro_step_in_epoch):
             self.micro_step_in_epoch += 1
             sync = self.micro_step_in_epoch % self.accumulation == 0
             loss, terms = self._micro_step(batch, epoch, sync)
+            step_losses.append(loss.detach())
+            step_terms.append(terms)
             if not sync:
                 continue
             self._optimizer_step()
+            loss, terms = mean_over_micro_batches(step_losses, step_terms)
+            step_losses, step_terms = [], []
             self.monitor.update(self.step, epoch, loss, terms, self.scheduler.get_last_lr()[0], self.scaler)
             epoch_done = self.micro_step_in_epoch == micro_steps
             if (self.cfg.save_every_steps and self.step % int(self.cfg.save_every_steps) == 0

@@ -12,7 +12,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from utils.recordio import IRHeader, RecordIOError, RecordIOReader, RecordIOWriter, encode_image, pack
+from utils.recordio import (IRHeader, PublishOnSuccess, RecordIOError, RecordIOReader, RecordIOWriter,
+                            encode_image, pack)
 
 REC_NAME, IDX_NAME, PROPERTY_NAME = "train.rec", "train.idx", "property"
 FLOAT32_EXACT_INTEGERS = 1 << 24    # identity and header records store keys as float32 labels
@@ -41,7 +42,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-class FaceRecWriter:
+class FaceRecWriter(PublishOnSuccess):
     """Write a face set in RecBuilder's layout; add images grouped by label 0, 1, 2, ... in order."""
 
     def __init__(self, out_dir, image_size: Tuple[int, int] = (112, 112)):
@@ -104,15 +105,6 @@ class FaceRecWriter:
     def abort(self) -> None:
         self.closed = True
         self._writer.abort()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, traceback):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 class FaceRecIndex:

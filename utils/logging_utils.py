@@ -9,9 +9,10 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: the data tools load this module without it
+    import torch
 
 LOGGER_NAME = "bct"
 
@@ -89,6 +90,7 @@ class TrainingMonitor:
         fp16 GradScaler, read only on log steps (reading its scale syncs the device)."""
         if not self.enabled:
             return
+        import torch
         # running sums stay on the device: one host sync per log line, not per step
         for name, value in {"loss": loss.detach(), **terms}.items():
             value = value.detach().float() if torch.is_tensor(value) else float(value)

@@ -397,7 +397,21 @@ class RecordIOReader:
             offset = next_offset
 
 
-class RecordIOWriter:
+class PublishOnSuccess:
+    """Context manager of an atomic writer: close() publishes the output when the block ends
+    normally, abort() drops everything written when it raises."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class RecordIOWriter(PublishOnSuccess):
     """Appends records to `<rec>.tmp` (and `<idx>.tmp`); `close()` renames them into place."""
 
     def __init__(self, rec_path, idx_path=None):
@@ -453,12 +467,3 @@ class RecordIOWriter:
             if handle is not None:
                 handle.close()
                 path.unlink(missing_ok=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, traceback):
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

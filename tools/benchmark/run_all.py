@@ -24,6 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = {
     "data": ("bench_data.py", ["--num-images", "3000"], ["--num-images", "20000"], 120),
     "model_table": ("model_table.py", [], [], 120),
+    "synthetic_faces": ("../synthetic/generate.py", ["--benchmark", "2000"], ["--benchmark", "2000"], 90),
     "train_step": ("bench_train_step.py", ["--network", "tiny", "--batch-size", "64", "--num-classes", "1000"],
                    ["--network", "r50", "--batch-size", "128", "--num-classes", "93431", "--precision", "fp16"], 180),
     "methods": ("bench_methods.py", ["--network", "tiny", "--batch-size", "64"],

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.artifacts import (CREDIBLE_MASK, credible_path, scenario_parser,  # noqa: E402
-                             derived_manifest_fields, open_scenario, save_array_atomic)
+from utils.artifacts import CREDIBLE_MASK, credible_path, derive_artifact, scenario_parser  # noqa: E402
 from utils.old_artifacts import credible_mask  # noqa: E402
 from utils.progress import run_tool  # noqa: E402
 
@@ -49,22 +47,19 @@ def per_class_summary(mask: np.ndarray, labels: np.ndarray, num_classes: int) ->
             "class_kept_fraction_max": float(fractions.max())}
 
 
-def main(argv=None) -> Path:
-    args = parse_args(argv)
-    folder, features, labels, feature_manifest, num_classes = open_scenario(args)
-    start = time.time()
+def compute_credible_mask(features, labels, num_classes: int, args):
     mask = credible_mask(features, labels, args.threshold, num_classes, chunk_rows=args.chunk_rows)
     summary = per_class_summary(mask, labels, num_classes)
-    output = credible_path(args.SD, folder, args.T)
-    extra = {"T": args.threshold, **summary}
-    save_array_atomic(output, mask,
-                      **derived_manifest_fields(CREDIBLE_MASK, TOOL, args, feature_manifest, extra))
-    print(f"credible: {int(mask.sum())}/{len(mask)} samples ({summary['kept_fraction']:.4f}); "
-          f"per class min {summary['class_kept_fraction_min']:.3f} median "
-          f"{summary['class_kept_fraction_median']:.3f} max {summary['class_kept_fraction_max']:.3f}",
-          flush=True)
-    print(f"written to {output} ({time.time() - start:.1f} s)", flush=True)
-    return output
+    report = (f"credible: {int(mask.sum())}/{len(mask)} samples ({summary['kept_fraction']:.4f}); "
+            f"per class min {summary['class_kept_fraction_min']:.3f} median "
+            f"{summary['class_kept_fraction_median']:.3f} max {summary['class_kept_fraction_max']:.3f};")
+    return mask, {"T": args.threshold, **summary}, report
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    return derive_artifact(args, CREDIBLE_MASK, TOOL, compute_credible_mask,
+                           output_path=lambda folder: credible_path(args.SD, folder, args.T))
 
 
 if __name__ == "__main__":

@@ -9,30 +9,25 @@ id) with its manifest.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.artifacts import (CLASS_PROTOTYPES, artifact_paths, scenario_parser,  # noqa: E402
-                             derived_manifest_fields, open_scenario, save_array_atomic)
+from utils.artifacts import CLASS_PROTOTYPES, derive_artifact, scenario_parser  # noqa: E402
 from utils.old_artifacts import class_prototypes  # noqa: E402
 from utils.progress import run_tool  # noqa: E402
 
 TOOL = "tools/get_feature/get_avg_feature.py"
 
 
+def compute_prototypes(features, labels, num_classes: int, args):
+    prototypes = class_prototypes(features, labels, num_classes, chunk_rows=args.chunk_rows)
+    return prototypes, None, f"class prototypes {list(prototypes.shape)}"
+
+
 def main(argv=None) -> Path:
     args = scenario_parser(__doc__).parse_args(argv)
-    folder, features, labels, feature_manifest, num_classes = open_scenario(args)
-    start = time.time()
-    prototypes = class_prototypes(features, labels, num_classes, chunk_rows=args.chunk_rows)
-    output = artifact_paths(args.SD, folder)[CLASS_PROTOTYPES]
-    save_array_atomic(output, prototypes,
-                      **derived_manifest_fields(CLASS_PROTOTYPES, TOOL, args, feature_manifest))
-    print(f"class prototypes {list(prototypes.shape)} written to {output} "
-          f"({time.time() - start:.1f} s)", flush=True)
-    return output
+    return derive_artifact(args, CLASS_PROTOTYPES, TOOL, compute_prototypes)
 
 
 if __name__ == "__main__":

@@ -9,36 +9,32 @@ and valid [C] bool (False: at most one radius kept, no boundary loss for that cl
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.artifacts import (CLASS_META, artifact_paths, scenario_parser,  # noqa: E402
-                             derived_manifest_fields, open_scenario, save_npz_atomic)
+from utils.artifacts import CLASS_META, derive_artifact, scenario_parser  # noqa: E402
 from utils.old_artifacts import class_meta  # noqa: E402
 from utils.progress import run_tool  # noqa: E402
 
 TOOL = "tools/get_feature/get_class_meta.py"
 
 
-def main(argv=None) -> Path:
-    args = scenario_parser(__doc__).parse_args(argv)
-    folder, features, labels, feature_manifest, num_classes = open_scenario(args)
-    start = time.time()
+def compute_class_meta(features, labels, num_classes: int, args):
     meta = class_meta(features, labels, num_classes, chunk_rows=args.chunk_rows)
     valid = meta["valid"]
     extra = {"valid_classes": int(valid.sum()),
              "median_radius": float(np.median(meta["radius"][valid])) if valid.any() else None}
-    output = artifact_paths(args.SD, folder)[CLASS_META]
-    save_npz_atomic(output, meta, main_array="center",
-                    **derived_manifest_fields(CLASS_META, TOOL, args, feature_manifest, extra))
-    print(f"class meta for {num_classes} classes ({extra['valid_classes']} with a boundary, "
-          f"median radius {extra['median_radius']}) written to {output} "
-          f"({time.time() - start:.1f} s)", flush=True)
-    return output
+    summary = (f"class meta for {num_classes} classes ({extra['valid_classes']} with a boundary, "
+               f"median radius {extra['median_radius']})")
+    return meta, extra, summary
+
+
+def main(argv=None) -> Path:
+    args = scenario_parser(__doc__).parse_args(argv)
+    return derive_artifact(args, CLASS_META, TOOL, compute_class_meta, main_array="center")
 
 
 if __name__ == "__main__":

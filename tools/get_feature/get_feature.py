@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from backbones import load_backbone  # noqa: E402
 from utils.artifacts import (FEATURE_ROOT, OLD_FEATURES, OLD_LABELS, artifact_paths,  # noqa: E402
-                             model_record, publish_artifact, save_array_atomic, scenario_dir,
-                             subset_rec_dir, write_manifest)
+                             add_sd_argument, model_record, publish_artifact, save_array_atomic,
+                             scenario_dir, subset_rec_dir, write_manifest)
 from utils.config import load_config  # noqa: E402
 from utils.datasets import FaceRecDataset  # noqa: E402
 from utils.distributed import barrier, cleanup, init_distributed, remove_launcher_args  # noqa: E402
@@ -43,9 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="the OLD model's config file (network, embedding_size, "
                                        "rec, output holding model.pt)")
-    parser.add_argument("--SD", required=True, metavar="NAME",
-                        help="scenario detail, e.g. f128_r18_softmax_class70; the suffix (class30, "
-                             "class70, class100, data30, data70, data100) picks subset and folder")
+    add_sd_argument(parser)
     parser.add_argument("--data", default=None, metavar="REC_DIR",
                         help="rec folder to embed (default: derived from the config's rec and --SD)")
     parser.add_argument("--out", default=None, metavar="DIR",

@@ -6,17 +6,22 @@ model on IJB-C (or IJB-B), in one table.
         --independent work_dirs/new_arcface/model.pt:r50 -d dataset -o results/compat
 
 Rows: old/old, then new/new and new/old for each model (and for the independent model new*,
-trained without any compatibility term). Metrics: TAR@FAR=1e-4 and 1e-5 (nearest ROC point,
-the reference rule), 1:N top-1 and TPIR@FPIR=1e-2 (mean over the two galleries). Per model:
-the empirical criterion M(new, old) > M(old, old) and the update gain
+trained without any compatibility term). Metrics: TAR@FAR=1e-5 ... 1e-2 (nearest ROC point,
+the reference rule), 1:N top-1 and top-5 and TPIR@FPIR=1e-2 (means over the two galleries).
+An operating point the protocol cannot resolve (FAR below 1 / impostor pairs, FPIR below
+1 / non-mated probes: not one false accept allowed) is marked in the table; the footnotes give
+the pair and probe counts and the chance level of every metric. Per model: the empirical
+criterion M(new, old) > M(old, old) and the update gain
 G = (M(new, old) - M(old, old)) / (M(new*, new*) - M(old, old)). Every model is embedded once
-(the embedding cache is shared with ijbc_eval.py).
+(the embedding cache is shared with ijbc_eval.py). Writes compat_report.{md,json,png}.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
+from typing import Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -25,6 +30,8 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from tools.ijbc_eval.embed import model_embeddings  # noqa: E402
 from tools.ijbc_eval.evaluation import check_compatible_sizes, run_identification, run_verification  # noqa: E402
@@ -32,11 +39,18 @@ from tools.ijbc_eval.identification import FPIR_GRID  # noqa: E402
 from tools.ijbc_eval.ijbc_eval import add_embedding_arguments, embedding_options  # noqa: E402
 from tools.ijbc_eval.pooling import DEFAULT_VARIANT, Variant  # noqa: E402
 from tools.ijbc_eval.protocol import load_identification_protocol, load_verification_protocol  # noqa: E402
-from tools.ijbc_eval.report import markdown_table, write_json  # noqa: E402
+from tools.ijbc_eval.report import markdown_table, save_figure, write_json  # noqa: E402
 from utils.artifacts import write_text_atomic  # noqa: E402
 
-METRICS = ("TAR@FAR=1e-4", "TAR@FAR=1e-5", "1:N top-1", "TPIR@FPIR=1e-2")
+# metric name -> operating point; TAR@FAR=1e-4 and 1e-5 are the published IJB-C columns
+TAR_AT_FAR = {"TAR@FAR=1e-5": 1e-5, "TAR@FAR=1e-4": 1e-4, "TAR@FAR=1e-3": 1e-3, "TAR@FAR=1e-2": 1e-2}
+TOP_K = {"1:N top-1": 1, "1:N top-5": 5}
+TPIR_AT_FPIR = {"TPIR@FPIR=1e-2": 1e-2}
+METRICS = (*TAR_AT_FAR, *TOP_K, *TPIR_AT_FPIR)
 INDEPENDENT = "new*"
+TESTS = ("old/old", "new/new", "new/old")
+# the cell marks of operating points the protocol cannot resolve
+UNRESOLVED_TAR_MARK, UNRESOLVED_TPIR_MARK = "\u2020", "\u2021"  # dagger, double dagger
 
 
 def parse_model_spec(text: str, default_network: str, named: bool):
@@ -52,18 +66,49 @@ def parse_model_spec(text: str, default_network: str, named: bool):
     return name or INDEPENDENT, Path(path), network
 
 
-def summary_metrics(protocol, identification, probe_model, gallery_model) -> dict:
-    """The four table metrics (fractions) for probe_model against gallery_model."""
+def summary_metrics(protocol, identification, probe_model, gallery_model) -> Tuple[dict, dict]:
+    """(the table metrics (fractions) for probe_model against gallery_model, the pair and
+    probe counts they rest on)."""
     variant = [Variant.parse(DEFAULT_VARIANT)]
     verification, _ = run_verification(protocol, probe_model, gallery_model, variant)
     result = verification[DEFAULT_VARIANT]
     by_far = dict(zip(result["far_targets"], result["tar_nearest_roc_point"]))
     ident = run_identification(protocol, identification, probe_model, gallery_model, variant)[DEFAULT_VARIANT]
     galleries = [key for key in ident if key not in ("mean_tpir", "merged")]
-    fpir_row = int(np.argmin(np.abs(np.log10(FPIR_GRID) + 2)))
-    return {"TAR@FAR=1e-4": by_far[1e-4], "TAR@FAR=1e-5": by_far[1e-5],
-            "1:N top-1": float(np.mean([ident[g]["top_k"][1] for g in galleries])),
-            "TPIR@FPIR=1e-2": float(ident["mean_tpir"][fpir_row])}
+    metrics = {name: by_far[far] for name, far in TAR_AT_FAR.items()}
+    metrics.update({name: float(np.mean([ident[g]["top_k"][k] for g in galleries])) for name, k in TOP_K.items()})
+    for name, fpir in TPIR_AT_FPIR.items():
+        grid_row = int(np.argmin(np.abs(np.log10(FPIR_GRID) - np.log10(fpir))))
+        metrics[name] = float(ident["mean_tpir"][grid_row])
+    counts = {"genuine_pairs": result["num_genuine"], "impostor_pairs": result["num_impostor"],
+              "probes": len(identification.probes.template_ids),
+              "galleries": {g: {"templates": len(identification.galleries[g].template_ids),
+                                "mated_probes": ident[g]["num_mated"],
+                                "nonmated_probes": ident[g]["num_nonmated"]} for g in galleries}}
+    return metrics, counts
+
+
+def resolvable_metrics(counts: dict) -> Dict[str, bool]:
+    """Per metric: whether the protocol resolves its operating point, i.e. the target allows
+    at least one false accept: floor(FAR * impostor pairs) >= 1, and floor(FPIR * non-mated
+    probes) >= 1 in every gallery (the floors of both threshold rules)."""
+    fewest_nonmated = min(gallery["nonmated_probes"] for gallery in counts["galleries"].values())
+    resolvable = {name: math.floor(far * counts["impostor_pairs"]) >= 1 for name, far in TAR_AT_FAR.items()}
+    resolvable.update({name: True for name in TOP_K})
+    resolvable.update({name: math.floor(fpir * fewest_nonmated) >= 1 for name, fpir in TPIR_AT_FPIR.items()})
+    return resolvable
+
+
+def chance_levels(counts: dict) -> Dict[str, float]:
+    """Expected value of each metric for random scores, mean over the galleries: TAR@FAR = FAR;
+    top-k = k / gallery size; TPIR@FPIR = FPIR / gallery size (rank 1 with probability 1 / size,
+    and then the mated score is the best of `size` random scores, so it passes the non-mated
+    best-score quantile with probability FPIR)."""
+    sizes = np.array([gallery["templates"] for gallery in counts["galleries"].values()], dtype=np.float64)
+    chance = dict(TAR_AT_FAR)
+    chance.update({name: float(np.mean(np.minimum(k, sizes) / sizes)) for name, k in TOP_K.items()})
+    chance.update({name: float(np.mean(fpir / sizes)) for name, fpir in TPIR_AT_FPIR.items()})
+    return chance
 
 
 def compatibility(rows: dict, model: str) -> dict:
@@ -78,24 +123,94 @@ def compatibility(rows: dict, model: str) -> dict:
     return summary
 
 
-def plot_report(rows: dict, path: Path) -> None:
-    figure, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 4.2), sharey=False)
-    names = list(rows)
+def unresolved_marks(resolvable: Dict[str, bool]) -> Dict[str, str]:
+    """Per metric: the mark its cells carry ('' when the protocol resolves it)."""
+    return {metric: "" if resolvable[metric] else
+            UNRESOLVED_TAR_MARK if metric in TAR_AT_FAR else UNRESOLVED_TPIR_MARK for metric in METRICS}
+
+
+def footnotes(counts: dict, resolvable: Dict[str, bool], chance: Dict[str, float]) -> List[str]:
+    """Counts, unresolvable operating points and chance levels, one markdown line each."""
+    galleries = counts["galleries"]
+    nonmated = ", ".join(f"{name} {g['nonmated_probes']}" for name, g in galleries.items())
+    lines = [f"Counts: {counts['genuine_pairs']} genuine and {counts['impostor_pairs']} impostor pairs; "
+             f"{counts['probes']} probe templates; galleries "
+             + ", ".join(f"{name} {g['templates']} templates ({g['mated_probes']} mated / "
+                         f"{g['nonmated_probes']} non-mated probes)" for name, g in galleries.items())
+             + "."]
+    allowed = ", ".join(f"{name[8:]}: {math.floor(far * counts['impostor_pairs'])}"
+                        for name, far in TAR_AT_FAR.items())
+    lines.append(f"False accepts allowed at each TAR@FAR ({allowed}).")
+    unresolved_fars = [name for name in TAR_AT_FAR if not resolvable[name]]
+    if unresolved_fars:
+        lines.append(f"{UNRESOLVED_TAR_MARK} not resolvable (FAR below 1 / {counts['impostor_pairs']} impostor "
+                     f"pairs = {1 / counts['impostor_pairs']:.2e}: not one false accept allowed): "
+                     f"{', '.join(unresolved_fars)}; the nearest ROC point there has FAR 0 or "
+                     f"1 / {counts['impostor_pairs']}.")
+    unresolved_fpirs = [name for name in TPIR_AT_FPIR if not resolvable[name]]
+    if unresolved_fpirs:
+        lines.append(f"{UNRESOLVED_TPIR_MARK} not resolvable (FPIR below 1 / non-mated probes: {nonmated}): "
+                     f"{', '.join(unresolved_fpirs)}; the threshold is the best non-mated score.")
+    sizes = " and ".join(str(g["templates"]) for g in galleries.values())
+    lines.append("Chance levels (random scores), %: TAR@FAR = FAR; "
+                 + "; ".join(f"{name[4:]} = {k} / gallery size ({sizes}) = {100 * chance[name]:.4f}"
+                             for name, k in TOP_K.items())
+                 + "; " + "; ".join(f"{name} = FPIR / gallery size = {100 * chance[name]:.4f}"
+                                    for name in TPIR_AT_FPIR) + ".")
+    return lines
+
+
+def report_markdown(title: str, rows: dict, criteria: dict, counts: dict) -> str:
+    """The metrics table (%), the per-model verdict table and the footnotes."""
+    resolvable = resolvable_metrics(counts)
+    marks = unresolved_marks(resolvable)
+    table = markdown_table(["test"] + [f"{m} %" for m in METRICS],
+                           [[name] + [f"{100 * values[m]:.4f}{marks[m]}" for m in METRICS]
+                            for name, values in rows.items()])
+    verdicts = markdown_table(
+        ["model"] + [f"{m}: new/old > old/old, gain G" for m in METRICS],
+        [[model] + [f"{'yes' if c[m]['compatible'] else 'no'}, "
+                    f"{'-' if c[m]['gain'] is None else format(c[m]['gain'], '.3f')}{marks[m]}" for m in METRICS]
+         for model, c in criteria.items()])
+    notes = "\n".join(f"- {line}" for line in footnotes(counts, resolvable, chance_levels(counts)))
+    return (f"# {title}\n\nTAR@FAR: nearest ROC point (reference rule); 1:N: mean over the two "
+            f"galleries\n\n{table}\n\n{verdicts}\n\n{notes}\n")
+
+
+def plot_report(rows: dict, models: List[str], counts: dict, path: Path) -> None:
+    """Small multiples, one panel per metric: for each model the bars old/old, new/new and
+    new/old (%), the chance level dotted; unresolvable operating points hatched and titled so."""
+    resolvable, chance = resolvable_metrics(counts), chance_levels(counts)
+    columns = 4
+    panel_rows = math.ceil((len(METRICS) + 1) / columns)  # one spare panel holds the legend
+    figure, axes = plt.subplots(panel_rows, columns, figsize=(4.2 * columns, 3.6 * panel_rows),
+                                squeeze=False)
+    axes = axes.reshape(-1)
+    colours = {"old/old": "grey", "new/new": "tab:orange", "new/old": "tab:blue"}
+    width = 0.8 / len(TESTS)
+    positions = np.arange(len(models))
     for axis, metric in zip(axes, METRICS):
-        values = [100 * rows[name][metric] for name in names]
-        axis.barh(range(len(names)), values, color=["grey" if n == "old/old" else
-                                                     "tab:blue" if n.endswith("new/old") else
-                                                     "tab:orange" for n in names])
-        axis.axvline(100 * rows["old/old"][metric], color="black", lw=0.8, ls="--")
-        axis.set_yticks(range(len(names)), names if axis is axes[0] else [""] * len(names))
-        axis.set_title(metric, fontsize="small")
-        axis.set_xlabel("%", fontsize="small")
-        axis.invert_yaxis()
+        for offset, test in enumerate(TESTS):
+            values = [100 * rows["old/old" if test == "old/old" else f"{model} {test}"][metric]
+                      for model in models]
+            axis.bar(positions + (offset - (len(TESTS) - 1) / 2) * width, values, width,
+                     color=colours[test], hatch=None if resolvable[metric] else "//",
+                     edgecolor="white" if resolvable[metric] else "black", linewidth=0.5)
+        axis.axhline(100 * chance[metric], color="black", lw=0.8, ls=":")
+        axis.set_xticks(positions, models, fontsize="small", rotation=30 if len(models) > 4 else 0)
+        axis.set_title(metric if resolvable[metric] else f"{metric} (not resolvable)", fontsize="small")
+        axis.set_ylabel("%", fontsize="small")
+    handles = [Patch(facecolor=colours[test], label=test) for test in TESTS]
+    handles += [Patch(facecolor="white", edgecolor="black", hatch="//", label="not resolvable"),
+                Line2D([], [], color="black", lw=0.8, ls=":", label="chance")]
+    galleries = ", ".join(f"{name} {g['templates']}" for name, g in counts["galleries"].items())
+    axes[len(METRICS)].legend(handles=handles, loc="center", fontsize="small",
+                              title=f"{counts['genuine_pairs']} genuine / {counts['impostor_pairs']} impostor "
+                                    f"pairs\n{counts['probes']} probes; galleries {galleries}")
+    for axis in axes[len(METRICS):]:
+        axis.axis("off")
     figure.tight_layout()
-    temporary = path.with_name(path.stem + ".tmp.png")
-    figure.savefig(temporary, dpi=110)
-    plt.close(figure)
-    temporary.replace(path)
+    save_figure(figure, path)
 
 
 def build_report(args) -> str:
@@ -105,15 +220,16 @@ def build_report(args) -> str:
                                                   np.unique(protocol.image_templates))
     _, old_path, old_network = parse_model_spec(args.old, args.old_net, named=False)
     old = model_embeddings(old_path, old_network, protocol, options, label="old")
-    rows = {"old/old": summary_metrics(protocol, identification, old, None)}
+    rows = {}
+    rows["old/old"], counts = summary_metrics(protocol, identification, old, None)
     specs = [parse_model_spec(text, args.new_net, named=True) for text in args.new]
     if args.independent:
         specs.append(parse_model_spec(args.independent, args.new_net, named=False))
     for name, path, network in specs:
         new = model_embeddings(path, network, protocol, options, label=name)
         check_compatible_sizes(old, new)
-        rows[f"{name} new/new"] = summary_metrics(protocol, identification, new, None)
-        rows[f"{name} new/old"] = summary_metrics(protocol, identification, new, old)
+        rows[f"{name} new/new"], _ = summary_metrics(protocol, identification, new, None)
+        rows[f"{name} new/old"], _ = summary_metrics(protocol, identification, new, old)
         print(f"{name}: done", flush=True)
         del new  # one new model in memory at a time
     models = [name for name, _, _ in specs if name != INDEPENDENT]
@@ -122,19 +238,17 @@ def build_report(args) -> str:
     write_json(args.output / "compat_report.json", {
         "old": {"path": str(old_path), "network": old_network}, "subset": args.subset,
         "models": {name: {"path": str(path), "network": network} for name, path, network in specs},
-        "rules": {"TAR@FAR": "nearest ROC point (reference)", "1:N": "mean over galleries"},
+        "rules": {"TAR@FAR": "nearest ROC point (reference)", "1:N": "mean over galleries",
+                  "resolvable": "at least one false accept allowed: floor(FAR * impostor pairs) >= 1, "
+                                "floor(FPIR * non-mated probes) >= 1 in every gallery",
+                  "chance": "expected value for random scores"},
+        "operating_points": {**TAR_AT_FAR, **TOP_K, **TPIR_AT_FPIR}, "counts": counts,
+        "resolvable": resolvable_metrics(counts), "chance": chance_levels(counts),
         "rows": rows, "compatibility": criteria})
-    plot_report(rows, args.output / "compat_report.png")
-    table = markdown_table(["test"] + [f"{m} %" for m in METRICS],
-                           [[name] + [100 * values[m] for m in METRICS] for name, values in rows.items()])
-    verdicts = markdown_table(
-        ["model"] + [f"{m}: new/old > old/old, gain G" for m in METRICS],
-        [[model] + [f"{'yes' if c[m]['compatible'] else 'no'}, "
-                    f"{'-' if c[m]['gain'] is None else format(c[m]['gain'], '.3f')}" for m in METRICS]
-         for model, c in criteria.items()])
-    text = (f"# Compatibility on {args.subset}, old model {old_path} ({old_network})\n\n"
-            f"TAR@FAR: nearest ROC point (reference rule); 1:N: mean over the two galleries\n\n"
-            f"{table}\n\n{verdicts}\n")
+    plot_report(rows, list(dict.fromkeys(name for name, _, _ in specs)), counts,
+                args.output / "compat_report.png")
+    text = report_markdown(f"Compatibility on {args.subset}, old model {old_path} ({old_network})",
+                           rows, criteria, counts)
     write_text_atomic(args.output / "compat_report.md", text)
     return text
 

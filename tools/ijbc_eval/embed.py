@@ -1,7 +1,12 @@
 """Raw IJB embeddings of one model: aligned faces from DataLoader workers, batched forward of
-each image and its horizontal flip, and the per-model cache (tools/ijbc_eval/cache.py)."""
+each image and its horizontal flip, and the per-model cache (tools/ijbc_eval/cache.py).
+
+The forward runs on an inference copy of the backbone: BatchNorm folded into the convolution
+before it and channels_last memory layout (oneDNN and cuDNN convolutions are faster in it);
+embeddings agree with the plain backbone to float32 rounding (~1e-6 relative)."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
@@ -9,7 +14,8 @@ from typing import Dict, Optional
 import cv2
 import numpy as np
 import torch
-from torch import nn
+from torch import fx, nn
+from torch.fx.experimental.optimization import fuse as fuse_conv_batchnorm
 from torch.utils.data import DataLoader, Dataset
 
 from backbones import load_backbone
@@ -93,6 +99,18 @@ def _single_threaded_opencv(_worker_id: int) -> None:
     cv2.setNumThreads(1)  # workers already run in parallel; OpenCV threads would oversubscribe
 
 
+def inference_model(model: nn.Module) -> nn.Module:
+    """Eval-mode copy of `model` for fast inference: each BatchNorm that only follows a
+    convolution is folded into its weights (needs an fx trace; a model whose forward has
+    data-dependent control flow, e.g. the ViTs, is copied unfused), in channels_last layout."""
+    model = model.eval()
+    try:
+        fused = fuse_conv_batchnorm(model)
+    except fx.proxy.TraceError:
+        fused = copy.deepcopy(model)
+    return fused.to(memory_format=torch.channels_last)
+
+
 @torch.inference_mode()
 def embed_faces(model: nn.Module, dataset: Dataset, options: EmbeddingOptions,
                 description: str = "embedding"):
@@ -101,12 +119,12 @@ def embed_faces(model: nn.Module, dataset: Dataset, options: EmbeddingOptions,
     loader = DataLoader(dataset, batch_size=options.batch_size, shuffle=False,
                         num_workers=options.workers, pin_memory=device.type == "cuda",
                         worker_init_fn=_single_threaded_opencv if options.workers else None)
-    model.eval()
+    model = inference_model(model)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     progress = ProgressReporter(len(dataset), description, unit="img")
     embeddings, flip_embeddings = [], []
     for batch in loader:
-        images = to_device(batch, device)["image"]
+        images = to_device(batch, device, channels_last=True)["image"]
         # one forward for both views: eval-mode layers treat samples independently
         with torch.autocast(device.type, dtype=amp_dtype, enabled=options.amp):
             outputs = model(torch.cat([images, torch.flip(images, dims=[3])])).float()

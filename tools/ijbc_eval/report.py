@@ -41,7 +41,8 @@ def write_json(path: Path, payload) -> None:
     write_text_atomic(path, json.dumps(jsonable(payload), indent=1) + "\n")
 
 
-def _save_figure(figure, path: Path) -> None:
+def save_figure(figure, path: Path) -> None:
+    """Save as PNG under a temporary name, close the figure, rename onto `path`."""
     temporary = path.with_name(f"{path.stem}.tmp-{os.getpid()}.png")
     figure.savefig(temporary, dpi=120)
     plt.close(figure)
@@ -58,7 +59,7 @@ def plot_roc(curves: Dict[str, Tuple[np.ndarray, np.ndarray, float]], path: Path
     axis.grid(linestyle="--", linewidth=0.5)
     axis.legend(loc="lower right", fontsize="x-small")
     figure.tight_layout()
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def plot_tpir(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> None:
@@ -72,7 +73,7 @@ def plot_tpir(curves: Dict[str, Tuple[np.ndarray, np.ndarray]], path: Path, titl
     axis.grid(linestyle="--", linewidth=0.5)
     axis.legend(loc="lower right", fontsize="x-small")
     figure.tight_layout()
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

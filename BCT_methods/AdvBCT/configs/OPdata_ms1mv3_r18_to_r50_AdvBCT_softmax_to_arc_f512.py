@@ -1,17 +1,7 @@
-"""AdvBCT, Open-data: old model on data30, new model on data70 (same identities, other images).
-Old r18 softmax f512 -> new r50 ArcFace f512; old-model artifacts f512_r18_softmax_data70.
+"""torchrun --nproc_per_node=8 BCT_methods/AdvBCT/train.py BCT_methods/AdvBCT/configs/OPdata_ms1mv3_r18_to_r50_AdvBCT_softmax_to_arc_f512.py"""
+from configs.ms1mv3 import compatible_config
 
-    torchrun --nproc_per_node=8 BCT_methods/AdvBCT/train.py BCT_methods/AdvBCT/configs/OPdata_ms1mv3_r18_to_r50_AdvBCT_softmax_to_arc_f512.py
-"""
-from configs.ms1mv3 import grid_config
-
-config = grid_config("data70", method="arcface", network="r50", embedding_size=512)
-config.method = "AdvBCT"
-config.old_network = "r18"
-config.old_embedding_size = 512
-
-config.old_features = "feature_save/OPdata/f512_r18_softmax_data70_feature.npy"
-config.class_meta = "feature_save/OPdata/f512_r18_softmax_data70_class_meta.npz"
+config = compatible_config("AdvBCT", "OPdata", old_head="softmax", embedding_size=512)
 config.advbct_boundary_threshold = 0.4
 config.advbct_p2s_weight = 4.0
 config.advbct_adv_weight = 4.0

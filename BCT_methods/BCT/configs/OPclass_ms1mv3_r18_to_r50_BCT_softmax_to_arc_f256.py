@@ -1,15 +1,6 @@
-"""BCT, Open-class: old model on class30, new model on class70 (disjoint identities).
-Old r18 softmax f256 -> new r50 ArcFace f256; old-model artifacts f256_r18_softmax_class70.
+"""torchrun --nproc_per_node=8 BCT_methods/BCT/train.py BCT_methods/BCT/configs/OPclass_ms1mv3_r18_to_r50_BCT_softmax_to_arc_f256.py"""
+from configs.ms1mv3 import compatible_config
 
-    torchrun --nproc_per_node=8 BCT_methods/BCT/train.py BCT_methods/BCT/configs/OPclass_ms1mv3_r18_to_r50_BCT_softmax_to_arc_f256.py
-"""
-from configs.ms1mv3 import grid_config
-
-config = grid_config("class70", method="arcface", network="r50", embedding_size=256)
-config.method = "BCT"
-config.old_network = "r18"
-config.old_embedding_size = 256
-
-config.class_prototypes = "feature_save/OPclass/f256_r18_softmax_class70_avg_feature.npy"
+config = compatible_config("BCT", "OPclass", old_head="softmax", embedding_size=256)
 config.bct_weight = 1.0
 config.bct_scale = 1.0             # no scale on the cosine logits, as the reference

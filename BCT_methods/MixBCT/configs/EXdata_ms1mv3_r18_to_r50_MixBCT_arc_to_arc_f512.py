@@ -1,15 +1,5 @@
-"""MixBCT, Extended-data: old model on data30, new model on all of MS1M-V3 (data100).
-Old r18 ArcFace f512 -> new r50 ArcFace f512; old-model artifacts f512_r18_arc_data100.
+"""torchrun --nproc_per_node=8 BCT_methods/MixBCT/train.py BCT_methods/MixBCT/configs/EXdata_ms1mv3_r18_to_r50_MixBCT_arc_to_arc_f512.py"""
+from configs.ms1mv3 import compatible_config
 
-    torchrun --nproc_per_node=8 BCT_methods/MixBCT/train.py BCT_methods/MixBCT/configs/EXdata_ms1mv3_r18_to_r50_MixBCT_arc_to_arc_f512.py
-"""
-from configs.ms1mv3 import grid_config
-
-config = grid_config("data100", method="arcface", network="r50", embedding_size=512)
-config.method = "MixBCT"
-config.old_network = "r18"
-config.old_embedding_size = 512
-
-config.old_features = "feature_save/EXdata/f512_r18_arc_data100_feature.npy"
-config.credible_mask = "feature_save/EXdata/f512_r18_arc_data100_credible_0.9.npy"
+config = compatible_config("MixBCT", "EXdata", old_head="arc", embedding_size=512)
 config.mix_ratio = 0.3

@@ -1,15 +1,5 @@
-"""MixBCT, Open-class: old model on class30, new model on class70 (disjoint identities).
-Old r18 softmax f256 -> new r50 ArcFace f256; old-model artifacts f256_r18_softmax_class70.
+"""torchrun --nproc_per_node=8 BCT_methods/MixBCT/train.py BCT_methods/MixBCT/configs/OPclass_ms1mv3_r18_to_r50_MixBCT_softmax_to_arc_f256.py"""
+from configs.ms1mv3 import compatible_config
 
-    torchrun --nproc_per_node=8 BCT_methods/MixBCT/train.py BCT_methods/MixBCT/configs/OPclass_ms1mv3_r18_to_r50_MixBCT_softmax_to_arc_f256.py
-"""
-from configs.ms1mv3 import grid_config
-
-config = grid_config("class70", method="arcface", network="r50", embedding_size=256)
-config.method = "MixBCT"
-config.old_network = "r18"
-config.old_embedding_size = 256
-
-config.old_features = "feature_save/OPclass/f256_r18_softmax_class70_feature.npy"
-config.credible_mask = "feature_save/OPclass/f256_r18_softmax_class70_credible_0.9.npy"
+config = compatible_config("MixBCT", "OPclass", old_head="softmax", embedding_size=256)
 config.mix_ratio = 0.3

@@ -1,16 +1,7 @@
-"""NCCL, Extended-data: old model on data30, new model on all of MS1M-V3 (data100).
-Old r18 ArcFace f512 -> new r50 ArcFace f512; old-model artifacts f512_r18_arc_data100.
+"""torchrun --nproc_per_node=8 BCT_methods/NCCL/train.py BCT_methods/NCCL/configs/EXdata_ms1mv3_r18_to_r50_NCCL_arc_to_arc_f512.py"""
+from configs.ms1mv3 import compatible_config
 
-    torchrun --nproc_per_node=8 BCT_methods/NCCL/train.py BCT_methods/NCCL/configs/EXdata_ms1mv3_r18_to_r50_NCCL_arc_to_arc_f512.py
-"""
-from configs.ms1mv3 import grid_config
-
-config = grid_config("data100", method="arcface", network="r50", embedding_size=512)
-config.method = "NCCL"
-config.old_network = "r18"
-config.old_embedding_size = 512
-
-config.old_features = "feature_save/EXdata/f512_r18_arc_data100_feature.npy"
+config = compatible_config("NCCL", "EXdata", old_head="arc", embedding_size=512)
 config.nccl_queue_size = 8192
 config.nccl_alpha = 1.0
 config.nccl_beta = 0.01

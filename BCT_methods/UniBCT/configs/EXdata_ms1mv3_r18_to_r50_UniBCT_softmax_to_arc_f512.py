@@ -1,17 +1,7 @@
-"""UniBCT, Extended-data: old model on data30, new model on all of MS1M-V3 (data100).
-Old r18 softmax f512 -> new r50 ArcFace f512; old-model artifacts f512_r18_softmax_data100.
+"""torchrun --nproc_per_node=8 BCT_methods/UniBCT/train.py BCT_methods/UniBCT/configs/EXdata_ms1mv3_r18_to_r50_UniBCT_softmax_to_arc_f512.py"""
+from configs.ms1mv3 import compatible_config
 
-    torchrun --nproc_per_node=8 BCT_methods/UniBCT/train.py BCT_methods/UniBCT/configs/EXdata_ms1mv3_r18_to_r50_UniBCT_softmax_to_arc_f512.py
-"""
-from configs.ms1mv3 import grid_config
-
-config = grid_config("data100", method="arcface", network="r50", embedding_size=512)
-config.method = "UniBCT"
-config.old_network = "r18"
-config.old_embedding_size = 512
-
-config.old_features = "feature_save/EXdata/f512_r18_softmax_data100_feature.npy"
-config.class_prototypes = "feature_save/EXdata/f512_r18_softmax_data100_avg_feature.npy"
+config = compatible_config("UniBCT", "EXdata", old_head="softmax", embedding_size=512)
 config.bct_weight = 1.0
 config.unibct_start_epoch = 10
 config.unibct_refine_epochs = (10, 20)

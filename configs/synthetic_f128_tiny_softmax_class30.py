@@ -4,6 +4,6 @@ tools/synthetic (class and image counts are read from the data).
 
     python train_old_softmax.py configs/synthetic_f128_tiny_softmax_class30.py
 """
-from configs.synthetic import OLD_MODEL_EPOCHS, synthetic_config
+from configs.synthetic import synthetic_config
 
-config = synthetic_config("train_part_30_class", method="softmax", num_epoch=OLD_MODEL_EPOCHS)
+config = synthetic_config("train_part_30_class", method="softmax")

@@ -277,8 +277,10 @@ def test_compatibility_report(workspace, expected, capsys):
     for metric, verdict in report["compatibility"]["A"].items():
         old, cross, independent = rows["old/old"][metric], rows["A new/old"][metric], rows["new* new/new"][metric]
         assert verdict["compatible"] == (cross > old)
-        if independent != old:
+        if independent > old:
             assert verdict["gain"] == pytest.approx((cross - old) / (independent - old))
+        else:  # no update gain to share: G undefined
+            assert verdict["gain"] is None
     assert (output / "compat_report.png").is_file() and (output / "compat_report.md").is_file()
     assert "| A new/old |" in capsys.readouterr().out
     # counts, from the toy protocol's ground truth

@@ -19,7 +19,9 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List
@@ -48,7 +50,7 @@ SIZES = {
     "default": {"generate": [], "old": {}, "new": {}, "unibct": {}},
     "quick": {
         "generate": ["--quick"],
-        "old": {"num_epoch": 4}, "new": {"num_epoch": 3},
+        "old": {"num_epoch": 3}, "new": {"num_epoch": 3},
         "unibct": {"unibct_start_epoch": 1, "unibct_refine_epochs": (1, 2), "decay_epoch": [2]},
     },
 }
@@ -60,6 +62,7 @@ class Step:
     command: List[str]
     training_output: Path | None = None   # a training step resumes from <output>/checkpoint.pt
     env: Dict[str, str] = field(default_factory=dict)
+    parallel: bool = False                # may run beside the other parallel steps next to it
 
 
 def python_script(path: str, *args) -> List[str]:
@@ -112,7 +115,8 @@ def plan(args) -> List[Step]:
     independent_output = out / "work_dirs" / f"independent_f128_tiny_arc_{new_subset}"
     steps.append(Step("independent_new_model", python_script(
         "train_old_arc.py", "configs/synthetic_f128_tiny_arc_class70.py",
-        *overrides(output=str(independent_output), **new_training)), training_output=independent_output))
+        *overrides(output=str(independent_output), **new_training)), training_output=independent_output,
+        parallel=True))
     artifact_paths = dict(
         old_features=str(artifacts / f"{sd}_feature.npy"),
         old_labels=str(artifacts / f"{sd}_label.npy"),
@@ -127,7 +131,8 @@ def plan(args) -> List[Step]:
         config = REPO_ROOT / "BCT_methods" / method / "configs" / f"synthetic_OPclass_tiny_{method}_softmax_to_arc_f128.py"
         steps.append(Step(f"new_model_{method}", python_script(
             f"BCT_methods/{method}/train.py", config,
-            *overrides(output=str(output), **new_training, **artifact_paths, **extra)), training_output=output))
+            *overrides(output=str(output), **new_training, **artifact_paths, **extra)), training_output=output,
+            parallel=True))
         new_models[method] = output / "model.pt"
 
     report = ["--old", f"{old_output / 'model.pt'}:tiny", "--independent", f"{independent_output / 'model.pt'}:tiny"]
@@ -139,26 +144,39 @@ def plan(args) -> List[Step]:
     return steps
 
 
-def run_step(step: Step, index: int, total: int, stamps: Path, logs: Path) -> float:
+PRINT_LOCK = threading.Lock()
+
+
+def say(text: str) -> None:
+    with PRINT_LOCK:
+        print(text, flush=True)
+
+
+def run_step(step: Step, index: int, total: int, stamps: Path, logs: Path, threads: int | None = None) -> float:
+    """Run one step as a subprocess, its output teed to logs/<step>.log; `threads` caps the
+    step's intra-op threads (set when steps run side by side)."""
     stamp = stamps / f"{step.name}.done"
     if stamp.exists():
-        print(f"[{index}/{total}] {step.name}: done earlier, skipped", flush=True)
+        say(f"[{index}/{total}] {step.name}: done earlier, skipped")
         return 0.0
     command = list(step.command)
     if step.training_output is not None and (step.training_output / "checkpoint.pt").exists():
         command.append("--resume")
-        print(f"[{index}/{total}] {step.name}: resuming from {step.training_output / 'checkpoint.pt'}", flush=True)
-    print(f"[{index}/{total}] {step.name}: {shlex.join(command)}", flush=True)
+        say(f"[{index}/{total}] {step.name}: resuming from {step.training_output / 'checkpoint.pt'}")
+    say(f"[{index}/{total}] {step.name}: {shlex.join(command)}")
     log_path = logs / f"{step.name}.log"
     start = time.time()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **step.env}
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    prefix = f"    [{step.name}] " if threads is not None else "    "
     with open(log_path, "a") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
         assert process.stdout is not None
         for line in process.stdout:
             log.write(line)
-            print(f"    {line.rstrip()}", flush=True)
+            say(f"{prefix}{line.rstrip()}")
         code = process.wait()
     seconds = time.time() - start
     if code != 0:
@@ -166,7 +184,7 @@ def run_step(step: Step, index: int, total: int, stamps: Path, logs: Path) -> fl
     tmp = stamp.with_suffix(".tmp")
     tmp.write_text(json.dumps({"command": command, "seconds": round(seconds, 1)}) + "\n")
     os.replace(tmp, stamp)
-    print(f"[{index}/{total}] {step.name}: finished in {seconds:.1f} s", flush=True)
+    say(f"[{index}/{total}] {step.name}: finished in {seconds:.1f} s")
     return seconds
 
 
@@ -179,6 +197,9 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (used by the test suite)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and of every training")
     parser.add_argument("--workers", type=int, default=2, help="data-loader workers per step")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="new-model trainings run side by side, each with cores/jobs threads "
+                             "(default 2: on two cores, two 1-thread trainings beat one 2-thread one)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these steps (names as printed)")
     args = parser.parse_args(argv)
 
@@ -201,8 +222,20 @@ def main(argv=None) -> None:
 
     start = time.time()
     times = {}
-    for index, step in enumerate(steps, 1):
-        times[step.name] = run_step(step, index, len(steps), stamps, logs)
+    numbered = list(enumerate(steps, 1))
+    while numbered:
+        index, step = numbered.pop(0)
+        if not (step.parallel and args.jobs > 1):
+            times[step.name] = run_step(step, index, len(steps), stamps, logs)
+            continue
+        group = [(index, step)]
+        while numbered and numbered[0][1].parallel:
+            group.append(numbered.pop(0))
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {s.name: pool.submit(run_step, s, i, len(steps), stamps, logs, threads) for i, s in group}
+            for name, future in futures.items():
+                times[name] = future.result()  # re-raises a failed step's SystemExit
     wall = time.time() - start
     print(f"demo: all {len(steps)} steps finished in {wall:.1f} s ({wall / 60:.1f} min); outputs in {out}")
     report = out / "report" / "compat_report.md"

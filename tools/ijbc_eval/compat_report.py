@@ -118,8 +118,9 @@ def compatibility(rows: dict, model: str) -> dict:
     summary = {}
     for metric in METRICS:
         gap = None if independent is None else independent[metric] - old[metric]
+        # G is only defined when updating helps: new*/new* above old/old
         summary[metric] = {"compatible": bool(cross[metric] > old[metric]),
-                           "gain": None if not gap else (cross[metric] - old[metric]) / gap}
+                           "gain": None if gap is None or gap <= 0 else (cross[metric] - old[metric]) / gap}
     return summary
 
 
@@ -172,7 +173,10 @@ def report_markdown(title: str, rows: dict, criteria: dict, counts: dict) -> str
         [[model] + [f"{'yes' if c[m]['compatible'] else 'no'}, "
                     f"{'-' if c[m]['gain'] is None else format(c[m]['gain'], '.3f')}{marks[m]}" for m in METRICS]
          for model, c in criteria.items()])
-    notes = "\n".join(f"- {line}" for line in footnotes(counts, resolvable, chance_levels(counts)))
+    notes = footnotes(counts, resolvable, chance_levels(counts))
+    notes.append("gain G = (new/old - old/old) / (new*/new* - old/old); '-' where new*/new* is not "
+                 "above old/old (no update gain to share) or no independent model was given")
+    notes = "\n".join(f"- {line}" for line in notes)
     return (f"# {title}\n\nTAR@FAR: nearest ROC point (reference rule); 1:N: mean over the two "
             f"galleries\n\n{table}\n\n{verdicts}\n\n{notes}\n")
 

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List
@@ -62,7 +62,8 @@ class Step:
     command: List[str]
     training_output: Path | None = None   # a training step resumes from <output>/checkpoint.pt
     env: Dict[str, str] = field(default_factory=dict)
-    parallel: bool = False                # may run beside the other parallel steps next to it
+    needs: tuple = ()                     # names of the steps whose outputs this one reads
+    concurrent: bool = False              # may run beside other steps (then on cores/jobs threads)
 
 
 def python_script(path: str, *args) -> List[str]:
@@ -93,30 +94,34 @@ def plan(args) -> List[Step]:
         Step("generate", python_script("tools/synthetic/generate.py", "--out", data,
                                        "--seed", args.seed, *size["generate"])),
         Step("split", python_script("tools/split_dataset/split_dataset_ms1mv3.py",
-                                    "--input", data, "--ratio", 0.3)),
+                                    "--input", data, "--ratio", 0.3), needs=("generate",)),
         Step("old_model", python_script(
             "train_old_softmax.py", "configs/synthetic_f128_tiny_softmax_class30.py",
             *overrides(rec=str(old_rec), output=str(old_output), **size["old"], **common)),
-            training_output=old_output),
+            training_output=old_output, needs=("split",), concurrent=True),
     ]
     old_config = REPO_ROOT / "configs" / "synthetic_f128_tiny_softmax_class30.py"
     model_args = ["--data", new_rec, "--out", artifacts, "--model", old_output / "model.pt"]
     steps += [
         Step("old_features", python_script("tools/get_feature/get_feature.py", old_config,
-                                           "--SD", sd, *model_args, "--num-workers", args.workers)),
+                                           "--SD", sd, *model_args, "--num-workers", args.workers),
+             needs=("old_model",), concurrent=True),
         Step("class_prototypes", python_script("tools/get_feature/get_avg_feature.py", "--SD", sd,
-                                               "--data", new_rec, "--out", artifacts)),
+                                               "--data", new_rec, "--out", artifacts),
+             needs=("old_features",), concurrent=True),
         Step("credible_mask", python_script("tools/denoising/denoise_credible.py", "--T", 0.9, "--SD", sd,
-                                            "--data", new_rec, "--out", artifacts)),
+                                            "--data", new_rec, "--out", artifacts),
+             needs=("old_features",), concurrent=True),
         Step("class_meta", python_script("tools/get_feature/get_class_meta.py", "--SD", sd,
-                                         "--data", new_rec, "--out", artifacts)),
+                                         "--data", new_rec, "--out", artifacts),
+             needs=("old_features",), concurrent=True),
     ]
     new_training = dict(rec=str(new_rec), **size["new"], **common)
     independent_output = out / "work_dirs" / f"independent_f128_tiny_arc_{new_subset}"
     steps.append(Step("independent_new_model", python_script(
         "train_old_arc.py", "configs/synthetic_f128_tiny_arc_class70.py",
         *overrides(output=str(independent_output), **new_training)), training_output=independent_output,
-        parallel=True))
+        needs=("split",), concurrent=True))
     artifact_paths = dict(
         old_features=str(artifacts / f"{sd}_feature.npy"),
         old_labels=str(artifacts / f"{sd}_label.npy"),
@@ -132,7 +137,7 @@ def plan(args) -> List[Step]:
         steps.append(Step(f"new_model_{method}", python_script(
             f"BCT_methods/{method}/train.py", config,
             *overrides(output=str(output), **new_training, **artifact_paths, **extra)), training_output=output,
-            parallel=True))
+            needs=("old_features", "class_prototypes", "credible_mask", "class_meta"), concurrent=True))
         new_models[method] = output / "model.pt"
 
     report = ["--old", f"{old_output / 'model.pt'}:tiny", "--independent", f"{independent_output / 'model.pt'}:tiny"]
@@ -140,7 +145,8 @@ def plan(args) -> List[Step]:
         report += ["--new", f"{method}={path}:tiny"]
     steps.append(Step("evaluate_and_report", python_script(
         "tools/ijbc_eval/compat_report.py", *report, "-d", data, "-o", out / "report",
-        "--workers", args.workers)))
+        "--workers", args.workers),
+        needs=("old_model", "independent_new_model", *(f"new_model_{m}" for m in METHODS))))
     return steps
 
 
@@ -188,6 +194,34 @@ def run_step(step: Step, index: int, total: int, stamps: Path, logs: Path, threa
     return seconds
 
 
+def run_schedule(steps: List[Step], jobs: int, stamps: Path, logs: Path) -> Dict[str, float]:
+    """Run the steps, at most `jobs` at a time, each once all the steps it needs are done.
+
+    A `concurrent` step runs on cores/jobs intra-op threads whatever runs beside it, so its
+    numbers do not depend on the timing of the others (same seed and --jobs, same table)."""
+    index = {step.name: number for number, step in enumerate(steps, 1)}
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    # needs outside this run (e.g. with --only) count as done: their outputs are already there
+    done = {name for step in steps for name in step.needs} - set(index)
+    pending, running, times = list(steps), {}, {}
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        while pending or running:
+            for step in [s for s in pending if set(s.needs) <= done]:
+                if len(running) >= max(1, jobs) or (running and not step.concurrent):
+                    break
+                pending.remove(step)
+                running[pool.submit(run_step, step, index[step.name], len(steps), stamps, logs,
+                                    threads if step.concurrent else None)] = step
+                if not step.concurrent:
+                    break  # a step that wants every core runs alone
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                step = running.pop(future)
+                times[step.name] = future.result()  # re-raises a failed step's SystemExit
+                done.add(step.name)
+    return times
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "demo_output",
@@ -221,21 +255,7 @@ def main(argv=None) -> None:
     settings_file.write_text(json.dumps(settings) + "\n")
 
     start = time.time()
-    times = {}
-    numbered = list(enumerate(steps, 1))
-    while numbered:
-        index, step = numbered.pop(0)
-        if not (step.parallel and args.jobs > 1):
-            times[step.name] = run_step(step, index, len(steps), stamps, logs)
-            continue
-        group = [(index, step)]
-        while numbered and numbered[0][1].parallel:
-            group.append(numbered.pop(0))
-        threads = max(1, (os.cpu_count() or 1) // args.jobs)
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = {s.name: pool.submit(run_step, s, i, len(steps), stamps, logs, threads) for i, s in group}
-            for name, future in futures.items():
-                times[name] = future.result()  # re-raises a failed step's SystemExit
+    times = run_schedule(steps, args.jobs, stamps, logs)
     wall = time.time() - start
     print(f"demo: all {len(steps)} steps finished in {wall:.1f} s ({wall / 60:.1f} min); outputs in {out}")
     report = out / "report" / "compat_report.md"

@@ -2,11 +2,6 @@
 from configs.ms1mv3 import compatible_config
 
 config = compatible_config("UniBCT", "EXdata", old_head="arc", embedding_size=512)
-config.bct_weight = 1.0
-config.unibct_start_epoch = 10
-config.unibct_refine_epochs = (10, 20)
-config.unibct_tau = 0.05
-config.unibct_lambda = 0.9
+# bct_weight 1, unibct_start_epoch 10, refinement at epochs (10, 20), tau 0.05, lambda 0.9: base.py
 config.lr_schedule = "step"         # UniBCT: step decay (its own lr_lambda), not poly
-config.decay_epoch = [20, 26, 32]
-config.decay_rate = 0.1
+config.decay_epoch = [20, 26, 32]   # x decay_rate (0.1) from each of these epochs

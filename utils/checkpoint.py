@@ -5,8 +5,9 @@ checkpoint.pt holds everything a run needs to continue exactly:
   modules, method state (rank 0's), optimizer, scheduler, scaler, epoch / step / position in the
   epoch, config, `head_optimizer` for a sharded head: the optimizer state of its parameters with
   every per-row buffer (momentum ...) gathered to all classes, so any world size can re-shard it,
-  and `per_rank`: one entry per rank with its RNG states and its method state (None where it
-  equals rank 0's, e.g. replicated prototypes, so they are stored once).
+  and `per_rank`: one entry per rank with its RNG states (CUDA: the rank's own device only) and its
+  method state (None where it equals rank 0's, e.g. replicated prototypes, so they are stored once).
+Everything is tensors and plain containers: the file loads with torch.load(weights_only=True).
 The optimizer state of replicated parameters is rank 0's. Resuming with the same world size is
 exact; with another world size the per-rank RNG restarts and every rank gets rank 0's method state.
 """
@@ -14,13 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import random
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+from utils.atomic_files import atomic_write
 
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -28,15 +32,9 @@ DEBUG_CHECKPOINT_FILE = "checkpoint_nonfinite.pt"
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to `<path>.tmp`, then rename: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    """torch.save through a temporary file unique to this writer, then rename: readers never see a
+    half-written file, and a failed write (disk full) leaves nothing and raises one-line WriteError."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -74,21 +72,33 @@ def load_head_state(head: nn.Module, state: Dict[str, torch.Tensor]) -> None:
         head.load_state_dict(state)
 
 
-def rng_state() -> Dict[str, Any]:
+def rng_state(device: Optional[torch.device] = None) -> Dict[str, Any]:
+    """This process's RNG states as tensors and numbers (a weights_only load reads them back).
+
+    The CUDA state is the one of `device` only (this rank's GPU), so a resume may see another
+    number of visible GPUs per process."""
+    version, python_state, gauss_next = random.getstate()
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    cuda = device is not None and torch.device(device).type == "cuda"
     return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": int(version), "state": torch.tensor(python_state, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if cuda else None,
     }
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+def set_rng_state(state: Dict[str, Any], device: Optional[torch.device] = None) -> None:
+    """Restore rng_state(); the CUDA state goes to `device` (this rank's GPU) when both have one."""
+    python, numpy_state = state["python"], state["numpy"]
+    random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss_next"]))
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] is not None and device is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _ordered_parameters(optimizer: torch.optim.Optimizer) -> List[nn.Parameter]:
@@ -157,11 +167,29 @@ def parameter_indices(optimizer: torch.optim.Optimizer, parameters: Sequence[nn.
     return [index for index, parameter in enumerate(_ordered_parameters(optimizer)) if id(parameter) in wanted]
 
 
+def _one_line_reason(error: Exception) -> str:
+    """The line of a multi-line torch error that names what went wrong (for weights-only
+    refusals: the global it refused)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line or "WeightsUnpickler" in line]
+    return (named or lines or [type(error).__name__])[0][:200]
+
+
 def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
+    """checkpoint.pt read with weights_only=True: tensors and plain containers only, so a file
+    crafted to run code when unpickled is refused (one line) instead of executed."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from: {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"refusing checkpoint {path}: it holds more than tensors and plain values "
+                         f"({_one_line_reason(error)}); only checkpoints written by this library load") from None
     except Exception as error:
-        raise ValueError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}") from error
+        raise ValueError(f"cannot read checkpoint {path}: {type(error).__name__}: "
+                         f"{_one_line_reason(error)}") from None
+    if not isinstance(state, dict) or not {"backbone", "config", "per_rank"} <= set(state):
+        raise ValueError(f"{path} is not a full-state checkpoint of this library (no backbone, config "
+                         f"and per-rank entries)")
+    return state

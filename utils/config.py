@@ -17,8 +17,17 @@ from typing import Any, Iterable
 
 from easydict import EasyDict
 
+from utils.atomic_files import atomic_write_text
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO_ROOT / "configs" / "base.py"
+# numeric keys where None means "off"
+NULLABLE_KEYS = ("clip_grad_norm",)
+# keys a resume may not change: they decide the data order or the shape of the model and its state
+RESUME_FIXED_KEYS = ("method", "rec", "synthetic", "num_image", "num_classes", "batch_size", "seed",
+                     "gradient_accumulation_steps", "network", "embedding_size", "head", "optimizer",
+                     "old_features", "old_labels", "class_prototypes", "credible_mask", "class_meta",
+                     "old_network", "old_embedding_size", "advbct_hidden", "nccl_queue_size")
 PATH_KEYS = ("rec", "output", "old_features", "old_labels", "class_prototypes", "credible_mask",
              "class_meta")
 
@@ -53,9 +62,42 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ValueError(f"bad override {text!r}: expected key=value")
     try:
         value = ast.literal_eval(raw_value.strip())
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         value = raw_value.strip()
     return key, value
+
+
+def typed_override(text: str, default: Any) -> Any:
+    """The value of override `text` (key=value) as the type of the key's default in configs/base.py:
+    bools take True / False only, numbers a number, lists and tuples a list or tuple literal,
+    strings the text as written; keys whose default is None take any literal."""
+    key, value = parse_override(text)
+    raw_value = text.partition("=")[2].strip()
+    if default is None or (value is None and key in NULLABLE_KEYS):
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if raw_value.lower() in ("true", "false"):
+            return raw_value.lower() == "true"
+        expected = "True or False"
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        expected = "an integer"
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        expected = "a number"
+    elif isinstance(default, (list, tuple)):
+        if isinstance(value, (list, tuple)):
+            return value
+        expected = "a list, e.g. \"['lfw']\" or \"(1.0, 0.5, 0.0)\""
+    elif isinstance(default, str):
+        return value if isinstance(value, str) else raw_value  # network=50 stays the text "50"
+    else:
+        return value
+    raise ValueError(f"override {text!r}: {key} takes {expected} (default {default!r}), got {raw_value!r}")
 
 
 def resolve_path(value: Any) -> Any:
@@ -70,15 +112,16 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> EasyD
     """configs/base.py, then the file at `path`, then `key=value` overrides, with paths resolved."""
     config_path = Path(path).expanduser().resolve()
     merged = _exec_config(BASE_CONFIG)
+    defaults = dict(merged)  # the types --set values are checked against
     for key, value in _exec_config(config_path).items():
         if key not in merged:
             raise _unknown_key_error(key, merged, str(config_path))
         merged[key] = value
     for text in overrides:
-        key, value = parse_override(text)
+        key, _ = parse_override(text)
         if key not in merged:
             raise _unknown_key_error(key, merged, f"override {text!r}")
-        merged[key] = value
+        merged[key] = typed_override(text, defaults[key])
     if merged.get("output") in (None, ""):
         merged["output"] = str(Path("work_dirs") / config_path.stem)
     for key in PATH_KEYS:
@@ -103,8 +146,15 @@ def config_to_json(cfg: dict) -> str:
 
 def save_config(cfg: dict, path: str | os.PathLike) -> None:
     """Write the resolved config as JSON, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(config_to_json(cfg) + "\n")
-    os.replace(temporary, path)
+    atomic_write_text(path, config_to_json(cfg) + "\n")
+
+
+def comparable_config(cfg: dict) -> dict:
+    """The config as its JSON form holds it (tuples as lists ...): what a checkpoint stores."""
+    return json.loads(config_to_json(cfg))
+
+
+def config_differences(stored: dict, current: dict, keys: Iterable[str]) -> list:
+    """['key stored -> current', ...] for the `keys` whose values differ (both comparable_config)."""
+    return [f"{key} {stored.get(key)!r} -> {current.get(key)!r}" for key in keys
+            if stored.get(key) != current.get(key)]

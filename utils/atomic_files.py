@@ -1,0 +1,91 @@
+"""Writing a file so that readers never see half of it and a failed write leaves nothing behind.
+
+Every writer gets its own temporary name next to the target (two runs writing the same file
+never share one), the data is flushed to disk, then renamed over the target. A failed write
+(disk full, permission, read-only file system) removes its temporary file and raises
+WriteError, a ValueError whose one line says what happened and to which file.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+# mkstemp creates files readable by their owner only; published files get the usual umask mode
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class WriteError(ValueError):
+    """A file could not be written (the message is one line naming the file)."""
+
+
+def describe_os_error(error: OSError, path, action: str = "writing") -> str:
+    """One line for a failed file operation: 'no space left on device while writing PATH'."""
+    reasons = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+               errno.EROFS: "read-only file system"}
+    reason = reasons.get(error.errno, error.strerror or type(error).__name__)
+    return f"{reason} while {action} {path}"
+
+
+def unique_temporary(path) -> tuple[int, Path]:
+    """(open descriptor, name) of a new temporary file next to `path`, unique to this writer."""
+    path = Path(path)
+    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(descriptor, 0o666 & ~_UMASK)
+    return descriptor, Path(name)
+
+
+class _RecordingHandle:
+    """A binary file handle that remembers the OSError of a failed write: some writers (torch.save)
+    turn it into their own error without the reason."""
+
+    def __init__(self, handle: BinaryIO):
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self.handle, name)
+
+
+def atomic_write(path, write: Callable[[BinaryIO], object]) -> Path:
+    """Call write(binary handle) on a unique temporary file beside `path`, sync, rename onto `path`."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = unique_temporary(path)
+    except OSError as error:
+        raise WriteError(describe_os_error(error, path)) from None
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            recording = _RecordingHandle(handle)
+            try:
+                write(recording)
+            except Exception:
+                if recording.error is not None:
+                    raise recording.error from None
+                raise
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        if isinstance(error, OSError):
+            raise WriteError(describe_os_error(error, path)) from None
+        raise
+    return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))

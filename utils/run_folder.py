@@ -1,0 +1,144 @@
+"""One training run per output folder, and no finished run overwritten by accident.
+
+`OutputLock` is a file `<output>/.lock` holding the owner's host, pid and process start time,
+created atomically (O_EXCL) before anything else is written into the folder and removed when the
+run ends. A second run on the folder refuses at once; a lock left by a process that is gone
+(kill -9, power loss) on this host is reclaimed. `refuse_overwrite` stops a fresh run in a folder
+that holds a trained model or checkpoint unless the run resumes or starts over on purpose;
+`clear_previous_run` is what starting over removes.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Optional
+
+from utils.atomic_files import describe_os_error
+
+LOCK_NAME = ".lock"
+RUN_FILES = ("model.pt", "checkpoint.pt", "checkpoint_nonfinite.pt", "config.json")
+RUN_FOLDERS = ("tensorboard",)
+
+
+def _process_start_time(pid: int) -> Optional[str]:
+    """Start time of `pid` in clock ticks since boot (Linux), telling a reused pid apart."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[19] if len(fields) > 19 else None
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class OutputLock:
+    """Exclusive ownership of an output folder by this process (see the module docstring)."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.held = False
+        self.created_folder = False
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid(),
+                      "start_time": _process_start_time(os.getpid())}
+
+    def _read_owner(self) -> Optional[dict]:
+        try:
+            owner = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+        return owner if isinstance(owner, dict) else {}
+
+    def _stale(self, owner: dict) -> bool:
+        """True when the lock's process is known to be gone (same host only)."""
+        if owner.get("host") != self.owner["host"] or not isinstance(owner.get("pid"), int):
+            return False
+        pid = owner["pid"]
+        if not _is_alive(pid):
+            return True
+        started = owner.get("start_time")
+        return started is not None and _process_start_time(pid) not in (None, started)
+
+    def acquire(self) -> "OutputLock":
+        try:
+            self.created_folder = not self.folder.exists()
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(describe_os_error(error, self.folder, "creating the output folder")) from None
+        for _ in range(3):
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._read_owner()
+                if owner is None:
+                    continue  # released meanwhile
+                same_process = owner.get("host") == self.owner["host"] and owner.get("pid") == os.getpid()
+                if same_process or self._stale(owner):
+                    # a lock of this very process (an earlier Trainer) or of a process that is gone
+                    with contextlib.suppress(FileNotFoundError):
+                        self.path.unlink()
+                    continue
+                raise ValueError(f"{self.folder} is in use by another run (pid {owner.get('pid', '?')} on "
+                                 f"{owner.get('host', '?')}, lock {self.path}); wait for it to end, or use "
+                                 f"another output folder (delete the lock only if that run is gone)") from None
+            except OSError as error:
+                raise ValueError(describe_os_error(error, self.path, "creating the lock")) from None
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(json.dumps(self.owner) + "\n")
+            self.held = True
+            atexit.register(self.release)
+            return self
+        raise ValueError(f"cannot take the lock {self.path}: other runs keep taking it")
+
+    def release(self, remove_empty_folder: bool = False) -> None:
+        if not self.held:
+            return
+        self.held = False
+        owner = self._read_owner()
+        if owner and owner.get("pid") == self.owner["pid"] and owner.get("host") == self.owner["host"]:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        if remove_empty_folder and self.created_folder:
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()  # only when empty: a run refused at start-up leaves no trace
+
+
+def refuse_overwrite(folder) -> None:
+    """A fresh run must not replace the model or checkpoint of an earlier run in `folder`."""
+    found = [name for name in RUN_FILES[:2] if (Path(folder) / name).exists()]
+    if found:
+        raise ValueError(f"{folder} already holds {' and '.join(found)} of an earlier run: pass --resume to "
+                         f"continue it, --start-over to train again from scratch (removes them), or "
+                         f"choose another output")
+
+
+def clear_previous_run(folder) -> list:
+    """Remove what an earlier run left (model, checkpoints, config, TensorBoard); training.log is kept
+    (appended). Returns the removed names."""
+    removed = []
+    for name in RUN_FILES:
+        path = Path(folder) / name
+        if path.exists():
+            path.unlink()
+            removed.append(name)
+    for name in RUN_FOLDERS:
+        path = Path(folder) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+            removed.append(name + "/")
+    return removed

@@ -10,28 +10,32 @@ import torch
 from torch import nn
 
 from backbones.iresnet import IRESNET_LAYERS, iresnet
-from backbones.mobilefacenet import mobilefacenet
+from backbones.mobilefacenet import MOBILEFACENET_SIZES, mobilefacenet
 from backbones.tiny import tiny
-from backbones.vit import VIT_SIZES, vision_transformer
+from backbones.vit import VIT_ALIASES, VIT_SIZES, vision_transformer
 
 _BUILDERS: Dict[str, Callable[..., nn.Module]] = {}
 for _name in IRESNET_LAYERS:
     _BUILDERS[_name] = lambda name=_name, **kw: iresnet(name, **kw)
-for _name in VIT_SIZES:
+for _name in MOBILEFACENET_SIZES:
+    _BUILDERS[_name] = lambda name=_name, **kw: mobilefacenet(name, **kw)
+for _name in list(VIT_SIZES) + list(VIT_ALIASES):
     _BUILDERS[_name] = lambda name=_name, **kw: vision_transformer(name, **kw)
-_BUILDERS["mbf"] = mobilefacenet
 _BUILDERS["tiny"] = tiny
 
-NETWORK_NAMES: List[str] = ["r18", "r34", "r50", "r100", "r200", "mbf",
-                            "vit_t", "vit_s", "vit_b", "vit_l", "tiny"]
+# One name per distinct network (insightface's names; tiny is ours). get_model also accepts
+# insightface's ViT training variants (vit_t_dp005_mask0, ...) and the alias vit_l.
+NETWORK_NAMES: List[str] = ["r18", "r34", "r50", "r100", "r200", "mbf", "mbf_large",
+                            "vit_t", "vit_s", "vit_b", "vit_l_dp005_mask_005", "tiny"]
+ACCEPTED_NETWORK_NAMES: List[str] = NETWORK_NAMES + sorted(set(_BUILDERS) - set(NETWORK_NAMES))
 
 
 def get_model(name: str, num_features: int = 512, gradient_checkpointing: bool = False,
               **kw) -> nn.Module:
-    """Build backbone `name` (one of NETWORK_NAMES) with `num_features`-d embeddings; extra
+    """Build backbone `name` (one of ACCEPTED_NETWORK_NAMES) with `num_features`-d embeddings; extra
     keyword arguments go to the network (e.g. dropout for r*, mask_ratio for vit_*)."""
     if name not in _BUILDERS:
-        raise ValueError(f"unknown network {name!r}; choose one of {', '.join(NETWORK_NAMES)}")
+        raise ValueError(f"unknown network {name!r}; choose one of {', '.join(ACCEPTED_NETWORK_NAMES)}")
     if int(num_features) <= 0:
         raise ValueError(f"num_features must be positive, got {num_features}")
     return _BUILDERS[name](num_features=int(num_features),
@@ -55,24 +59,40 @@ def _describe_mismatch(model: nn.Module, state_dict: Dict[str, torch.Tensor], li
     return "; ".join(parts)
 
 
+# where a full insightface arcface_torch training checkpoint (checkpoint_gpu_<rank>.pt) keeps
+# the backbone beside the classifier, optimizer and scheduler states
+INSIGHTFACE_BACKBONE_KEY = "state_dict_backbone"
+
+
+def backbone_weights(loaded: object, path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    """The backbone state dict inside what torch.load returned for `path`: a plain state dict,
+    one saved from a DistributedDataParallel wrapper (`module.` prefix), or a full insightface
+    checkpoint dict holding it under `state_dict_backbone`."""
+    if isinstance(loaded, dict) and INSIGHTFACE_BACKBONE_KEY in loaded:
+        loaded = loaded[INSIGHTFACE_BACKBONE_KEY]
+    if not isinstance(loaded, dict) or not all(torch.is_tensor(v) for v in loaded.values()):
+        raise ValueError(f"{path}: expected a backbone state dict (name -> tensor) or an "
+                         f"insightface checkpoint with {INSIGHTFACE_BACKBONE_KEY!r}, "
+                         f"got {type(loaded).__name__}")
+    if loaded and all(k.startswith("module.") for k in loaded):
+        loaded = {k[len("module."):]: v for k, v in loaded.items()}
+    return loaded
+
+
 def load_backbone(path: Union[str, Path], name: str, num_features: int,
                   device: Union[str, torch.device] = "cpu", **kw) -> nn.Module:
-    """Build `name` and load the backbone state dict at `path` (weights_only). A file written
-    for another network or feature size raises ValueError naming the file and the keys."""
+    """Build `name` and load the backbone weights at `path` (weights_only; see
+    `backbone_weights` for the accepted forms). A file written for another network or feature
+    size raises ValueError naming the file and the keys."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone file not found: {path}")
     model = get_model(name, num_features, **kw)
     try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(f"{path}: not a readable torch state dict ({error})") from None
-    if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
-        raise ValueError(f"{path}: expected a backbone state dict (name -> tensor), "
-                         f"got {type(state_dict).__name__}")
-    # a state dict saved from a DistributedDataParallel wrapper
-    if state_dict and all(k.startswith("module.") for k in state_dict):
-        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+    state_dict = backbone_weights(loaded, path)
     mismatch = _describe_mismatch(model, state_dict)
     if mismatch:
         raise ValueError(f"{path} does not fit network {name!r} with num_features={num_features}: "

@@ -2,7 +2,10 @@
 144 tokens, no class token), learned position embedding, pre-norm blocks (attention through
 torch.nn.functional.scaled_dot_product_attention, ReLU6 MLP), stochastic depth, random token
 masking while training, and an embedding head that flattens all tokens:
-Linear(144*dim, dim) -> BN1d -> Linear(dim, d) -> BN1d."""
+Linear(144*dim, dim) -> BN1d -> Linear(dim, d) -> BN1d.
+
+Module names and registration order follow arcface_torch (`patch_embed.proj`, `blocks.<i>.norm1
+/ norm2 / attn / mlp.fc1 / mlp.fc2`, `feature.<i>`), so its state dicts load with strict=True."""
 from __future__ import annotations
 
 from functools import partial
@@ -14,13 +17,18 @@ from torch import nn
 from backbones.iresnet import checkpointed_call
 from backbones.mobilefacenet import initialise_layers
 
-# name -> (embed_dim, depth, num_heads, drop_path_rate, mask_ratio), the insightface settings
+# name -> (embed_dim, depth, num_heads, drop_path_rate, mask_ratio), insightface's names and settings
 VIT_SIZES = {
     "vit_t": (256, 12, 8, 0.1, 0.1),
+    "vit_t_dp005_mask0": (256, 12, 8, 0.05, 0.0),
     "vit_s": (512, 12, 8, 0.1, 0.1),
+    "vit_s_dp005_mask_0": (512, 12, 8, 0.05, 0.0),
     "vit_b": (512, 24, 8, 0.1, 0.1),
-    "vit_l": (768, 24, 8, 0.05, 0.05),
+    "vit_b_dp005_mask_005": (512, 24, 8, 0.05, 0.05),
+    "vit_l_dp005_mask_005": (768, 24, 8, 0.05, 0.05),
 }
+# our earlier short names for insightface's networks
+VIT_ALIASES = {"vit_l": "vit_l_dp005_mask_005"}
 
 
 class DropPath(nn.Module):
@@ -61,23 +69,47 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(batch, tokens, dim)))
 
 
+class Mlp(nn.Module):
+    """Linear -> ReLU6 -> dropout -> Linear -> dropout (insightface names fc1 / fc2)."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.ReLU6()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(LN(x)), then x + MLP(LN(x)), with stochastic depth."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop: float = 0.0,
                  attn_drop: float = 0.0, drop_path: float = 0.0):
         super().__init__()
+        # registration order as in insightface, so state dicts list keys in the same order
         self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
         self.attn = Attention(dim, num_heads, attn_drop=attn_drop, proj_drop=drop)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU6(), nn.Dropout(drop),
-                                 nn.Linear(hidden, dim), nn.Dropout(drop))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchEmbedding(nn.Module):
+    """Non-overlapping `patch_size` patches -> `embed_dim` tokens [B, patches, embed_dim]."""
+
+    def __init__(self, embed_dim: int, patch_size: int, in_channels: int = 3):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, embed_dim, patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
 
 
 class VisionTransformer(nn.Module):
@@ -93,7 +125,7 @@ class VisionTransformer(nn.Module):
         self.img_size = img_size
         self.mask_ratio = mask_ratio
         self.num_patches = (img_size // patch_size) ** 2
-        self.patch_embed = nn.Conv2d(3, embed_dim, patch_size, stride=patch_size)
+        self.patch_embed = PatchEmbedding(embed_dim, patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
         drop_path_rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
@@ -114,7 +146,7 @@ class VisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.img_size, self.img_size):
             raise ValueError(f"ViT expects {self.img_size}x{self.img_size} input, got {tuple(x.shape[-2:])}")
-        tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
+        tokens = self.patch_embed(x) + self.pos_embed
         tokens = self.pos_drop(tokens)
         masking = self.training and self.mask_ratio > 0
         if masking:
@@ -134,7 +166,7 @@ class VisionTransformer(nn.Module):
 
 def vision_transformer(name: str, num_features: int = 512, gradient_checkpointing: bool = False,
                        **kw) -> VisionTransformer:
-    embed_dim, depth, num_heads, drop_path_rate, mask_ratio = VIT_SIZES[name]
+    embed_dim, depth, num_heads, drop_path_rate, mask_ratio = VIT_SIZES[VIT_ALIASES.get(name, name)]
     settings = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                     drop_path_rate=drop_path_rate, mask_ratio=mask_ratio)
     settings.update(kw)

@@ -76,8 +76,8 @@ def test_forward_computes_finite_embeddings(name, num_features):
 
 
 def test_every_name_is_registered_and_unknown_names_fail():
-    assert set(NETWORK_NAMES) == {"r18", "r34", "r50", "r100", "r200", "mbf",
-                                  "vit_t", "vit_s", "vit_b", "vit_l", "tiny"}
+    assert set(NETWORK_NAMES) == {"r18", "r34", "r50", "r100", "r200", "mbf", "mbf_large",
+                                  "vit_t", "vit_s", "vit_b", "vit_l_dp005_mask_005", "tiny"}
     with pytest.raises(ValueError, match="r18"):
         get_model("r1000")
 

@@ -37,7 +37,8 @@ config.weight_decay = 5e-4
 config.batch_size = 128            # per process
 config.gradient_accumulation_steps = 1
 config.num_epoch = 20
-config.warmup_epoch = 0
+config.warmup_epoch = 0             # the reference's BCT / UniBCT configs: -1 (see utils/schedulers.py)
+config.reference_negative_warmup = True  # warmup_epoch < 0 gives the reference's ((T - t) / (T + S))^2
 config.lr_schedule = "poly"        # poly | step
 config.poly_power = 2.0            # the reference PolyScheduler uses power 2
 config.decay_epoch = []            # step schedule: multiply by decay_rate after each of these epochs
@@ -45,6 +46,8 @@ config.decay_rate = 0.1
 config.clip_grad_norm = 5.0        # on the backbone; None or 0 disables
 config.fp16 = False                # AMP float16 with a GradScaler
 config.bf16 = False                # AMP bfloat16 (no scaler)
+config.amp_on_cpu = False          # run fp16 autocast + GradScaler on the CPU too (tests of the AMP path)
+config.freeze_batchnorm = False    # BatchNorm layers keep their running statistics (W ranks = 1 process exactly)
 config.seed = 666                  # each rank uses seed + rank
 config.deterministic = False
 config.channels_last = False
@@ -89,6 +92,7 @@ config.nccl_temperature = 1.0
 config.nccl_clamp_logits_quirk = True   # reference: with fp16 the z logits are clamped to [-1, 1]
 config.nccl_entropy_filter = None       # optional "highly credible" filter threshold (off)
 config.nccl_logit_term_gradient = False  # reference: z_new reaches l2 through a gradient-free all_gather
+config.nccl_reference_world_size_factor = False  # reference: l1's gradient x world size (weight alpha * W)
 
 # ---- AdvBCT ----------------------------------------------------------------------------------
 config.advbct_boundary_threshold = 0.4

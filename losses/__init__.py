@@ -17,7 +17,8 @@ def build_head(cfg, env) -> nn.Module:
         if len(cfg.margin_list) != 3:
             raise ValueError(f"config key margin_list needs (m1, m2, m3), got {cfg.margin_list}")
         margin = CombinedMarginLoss(cfg.scale, *cfg.margin_list, cfg.interclass_filtering_threshold)
-        head = PartialFC(margin, cfg.embedding_size, env.num_classes, cfg.sample_rate)
+        # seeded from the config, not the rank: the same initial classifier for any world size
+        head = PartialFC(margin, cfg.embedding_size, env.num_classes, cfg.sample_rate, init_seed=cfg.seed)
     elif cfg.head == "softmax":
         head = SoftmaxHead(cfg.embedding_size, env.num_classes)
     else:

@@ -1,7 +1,7 @@
 """Pieces shared by more than one compatible-training method (BCT_methods/<Method>/train.py).
 
 What makes a method (its loss and hooks) lives in its own train.py; this module holds only what
-two or more of them need: the gradient-reversal layer, float32 regions and row normalisation, and the start-up
+two or more of them need: gradient scaling and reversal, float32 regions and row normalisation, and the start-up
 guards that tie an old-model artifact named in the config to the training data.
 """
 from __future__ import annotations
@@ -13,21 +13,25 @@ import torch
 import torch.nn.functional as F
 
 
-class GradientReverse(torch.autograd.Function):
-    """Identity forward; backward multiplies the gradient by -coefficient (Ganin & Lempitsky, 2015)."""
-
+class _ScaleGradient(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor, coefficient: float):
-        ctx.coefficient = float(coefficient)
+    def forward(ctx, tensor: torch.Tensor, factor: float):
+        ctx.factor = float(factor)
         return tensor.view_as(tensor)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return grad.neg() * ctx.coefficient, None
+        return grad * ctx.factor, None
+
+
+def scale_gradient(tensor: torch.Tensor, factor: float) -> torch.Tensor:
+    """Identity in the forward pass; the backward pass multiplies the gradient by `factor`."""
+    return _ScaleGradient.apply(tensor, factor)
 
 
 def gradient_reverse(tensor: torch.Tensor, coefficient: float) -> torch.Tensor:
-    return GradientReverse.apply(tensor, coefficient)
+    """Gradient-reversal layer (Ganin & Lempitsky, 2015): identity forward, gradient x -coefficient."""
+    return scale_gradient(tensor, -float(coefficient))
 
 
 def float32_region(device: torch.device):

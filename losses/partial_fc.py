@@ -77,7 +77,7 @@ class PartialFC(nn.Module):
     sharded = True   # the engine must not wrap this module in DDP: each rank owns other rows
 
     def __init__(self, margin_loss: CombinedMarginLoss, embedding_size: int, num_classes: int,
-                 sample_rate: float = 1.0):
+                 sample_rate: float = 1.0, init_seed: Optional[int] = None):
         super().__init__()
         if not 0 < sample_rate <= 1:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
@@ -93,7 +93,18 @@ class PartialFC(nn.Module):
         if self.num_local == 0:
             raise ValueError(f"PartialFC cannot shard {num_classes} classes over {self.world_size} ranks")
         self.num_sample = max(1, int(self.sample_rate * self.num_local))
-        self.weight = nn.Parameter(torch.normal(0.0, 0.01, (self.num_local, self.embedding_size)))
+        self.weight = nn.Parameter(self._initial_rows(init_seed))
+
+    def _initial_rows(self, init_seed: Optional[int]) -> torch.Tensor:
+        """N(0, 0.01) rows of this shard. With `init_seed`, the rows are those of one full [C, d]
+        matrix drawn from that seed, so the classifier starts the same whatever the world size
+        (W ranks then take exactly the steps of one process); without it, the global RNG."""
+        shape = (self.num_local, self.embedding_size)
+        if init_seed is None:
+            return torch.normal(0.0, 0.01, shape)
+        generator = torch.Generator().manual_seed(int(init_seed))
+        full = torch.normal(0.0, 0.01, (self.num_classes, self.embedding_size), generator=generator)
+        return full[self.class_start:self.class_start + self.num_local].clone()
 
     def extra_repr(self) -> str:
         return (f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, "
@@ -129,6 +140,17 @@ class PartialFC(nn.Module):
             raise ValueError(f"PartialFC expects embeddings [N, {self.embedding_size}], got "
                              f"{tuple(embeddings.shape)}")
 
+    def _check_label_range(self, labels: torch.Tensor) -> None:
+        in_range = (labels >= 0) & (labels < self.num_classes)
+        if labels.device.type != "cpu":
+            # no host read on an accelerator (it would stall every step): an asynchronous device
+            # assert; the engine's data are checked once at start-up (utils.datasets.check_dataset)
+            torch._assert_async(in_range.all(), f"PartialFC: labels must lie in [0, {self.num_classes})")
+            return
+        if not bool(in_range.all()):
+            raise ValueError(f"PartialFC: labels must lie in [0, {self.num_classes}), got "
+                             f"{int(labels.min())}..{int(labels.max())}")
+
     def _cosine(self, embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         # logits in float32 even under AMP; rounding can push |cos| slightly past 1
         cosine = F.linear(F.normalize(embeddings), F.normalize(weight)).float()
@@ -139,12 +161,10 @@ class PartialFC(nn.Module):
         if local_labels.reshape(-1).shape[0] != local_embeddings.shape[0]:
             raise ValueError(f"PartialFC got {local_embeddings.shape[0]} embeddings but "
                              f"{local_labels.numel()} labels")
-        embeddings = all_gather_with_grad(local_embeddings)
+        # the loss is the global-batch mean on every rank: see all_gather_with_grad(global_loss=True)
+        embeddings = all_gather_with_grad(local_embeddings, global_loss=True)
         labels = all_gather_no_grad(local_labels.reshape(-1).long())
-        smallest, largest = torch.aminmax(labels)
-        if int(smallest) < 0 or int(largest) >= self.num_classes:
-            raise ValueError(f"PartialFC: labels must lie in [0, {self.num_classes}), got "
-                             f"{int(smallest)}..{int(largest)}")
+        self._check_label_range(labels)
         shard_labels = self.shard_labels(labels)
         weight = self.weight
         if self.sample_rate < 1:

@@ -38,7 +38,8 @@ def test_step_decay_after_each_decay_epoch():
 
 
 def test_build_from_config():
-    cfg = EasyDict(lr_schedule="poly", warmup_epoch=1, poly_power=2.0, decay_epoch=[], decay_rate=0.1)
+    cfg = EasyDict(lr_schedule="poly", warmup_epoch=1, poly_power=2.0, decay_epoch=[], decay_rate=0.1,
+                   reference_negative_warmup=True)
     factor = build_lr_factor(cfg, steps_per_epoch=10, total_steps=40)
     assert factor(5) == pytest.approx(0.5) and factor(25) == pytest.approx((1 - 15 / 30) ** 2)
     cfg.update(lr_schedule="step", decay_epoch=[1])
@@ -48,3 +49,29 @@ def test_build_from_config():
         build_lr_factor(cfg, 10, 40)
     with pytest.raises(ValueError, match="warm-up"):
         PolyFactor(10, 10)
+
+
+def test_negative_warmup_reproduces_the_reference_bct_schedule():
+    """The reference's BCT / UniBCT configs set warmup_epoch = -1: with S steps per epoch and T steps
+    in all, its scheduler gives ((T - t) / (T + S))^2 (docs/methods.md)."""
+    steps_per_epoch, epochs = 100, 35
+    total = steps_per_epoch * epochs
+    cfg = EasyDict(lr_schedule="poly", warmup_epoch=-1, poly_power=2.0, decay_epoch=[], decay_rate=0.1,
+                   reference_negative_warmup=True)
+    factor = build_lr_factor(cfg, steps_per_epoch, total)
+    for step in (0, 1, 1750, total - 1):
+        assert factor(step) == pytest.approx(((total - step) / (total + steps_per_epoch)) ** 2)
+    assert factor(0) == pytest.approx((35 / 36) ** 2) and round(factor(0), 3) == 0.945
+    assert factor(total - 1) > 0
+    cfg.reference_negative_warmup = False
+    with pytest.raises(ValueError, match="reference_negative_warmup=True"):
+        build_lr_factor(cfg, steps_per_epoch, total)
+
+
+def test_reference_bct_and_unibct_configs_use_the_negative_warmup():
+    from utils.config import load_config
+    from utils.config import REPO_ROOT
+    for method in ("BCT", "UniBCT"):
+        for path in sorted((REPO_ROOT / "BCT_methods" / method / "configs").glob("*ms1mv3*.py")):
+            cfg = load_config(path)
+            assert cfg.warmup_epoch == -1 and cfg.reference_negative_warmup, path.name

@@ -145,33 +145,48 @@ def broadcast_object(obj, source: int = 0):
 
 
 class _AllGatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward sums the gradients of every rank and returns this rank's slice."""
+    """all_gather whose backward sums the gradients of every rank, keeps this rank's slice and
+    multiplies it by `gradient_scale`."""
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor):
-        world = get_world_size()
-        sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(world)]
-        dist.all_gather(sizes, torch.tensor([tensor.shape[0]], device=tensor.device))
-        sizes = [int(s.item()) for s in sizes]
-        if len(set(sizes)) != 1:
-            raise ValueError(f"all_gather needs equal per-rank batch sizes, got {sizes}")
-        parts = [torch.empty_like(tensor) for _ in range(world)]
+    def forward(ctx, tensor: torch.Tensor, gradient_scale: float):
+        # per-rank batches are equal by construction (the sampler drops the remainder), so no
+        # size exchange here: it would cost a collective and a host sync on every step
+        parts = [torch.empty_like(tensor) for _ in range(get_world_size())]
         dist.all_gather(parts, tensor.contiguous())
-        ctx.rank, ctx.rows = get_rank(), tensor.shape[0]
+        ctx.rank, ctx.rows, ctx.gradient_scale = get_rank(), tensor.shape[0], gradient_scale
         return torch.cat(parts, dim=0)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+        mine = grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+        return (mine * ctx.gradient_scale if ctx.gradient_scale != 1 else mine), None
 
 
-def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate `tensor` over ranks (rank order) keeping the autograd graph; identity on 1 rank."""
-    if get_world_size() == 1:
+def all_gather_with_grad(tensor: torch.Tensor, global_loss: bool = False) -> torch.Tensor:
+    """Concatenate `tensor` over ranks (rank order) keeping the autograd graph; identity on 1 rank.
+
+    Backward: each rank receives the sum over ranks of the gradients w.r.t. its own rows, i.e. the
+    gradient of the sum of every rank's loss. That is right for a per-rank loss (a mean over the
+    local batch, whose DDP average is the global mean). With `global_loss=True` the loss is the
+    same global-batch loss on every rank (Partial FC): the sum is then the full gradient, and DDP's
+    division of the backbone gradients by the world size W is undone by multiplying by W here, so
+    W ranks x B images take exactly the step of one process x W*B (docs/methods.md, "Data parallel
+    gradients").
+    """
+    world = get_world_size()
+    if world == 1:
         return tensor
-    return _AllGatherWithGrad.apply(tensor)
+    return _AllGatherWithGrad.apply(tensor, float(world) if global_loss else 1.0)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (no autograd); identity on 1 rank."""
+    if get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
 
 
 @torch.no_grad()

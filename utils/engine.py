@@ -11,10 +11,12 @@ import argparse
 import contextlib
 import functools
 import itertools
+import logging
 import math
 import os
 import random
 import sys
+import types
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -28,13 +30,17 @@ from utils.checkpoint import (CHECKPOINT_FILE, DEBUG_CHECKPOINT_FILE, atomic_tor
                               full_head_optimizer_state, head_state, load_checkpoint, load_head_state,
                               parameter_indices, rng_state, save_model, set_rng_state, sharded_head_optimizer_state,
                               state_digest, unwrap)
-from utils.config import config_to_json, load_config, save_config
-from utils.distributed import (all_gather_no_grad, average_gradients, barrier, broadcast_object, broadcast_parameters,
-                               cleanup, gather_objects, init_distributed, remove_launcher_args)
-from utils.datasets import build_dataset
+from utils.cli import StrictArgumentParser
+from utils.config import (RESUME_FIXED_KEYS, comparable_config, config_differences, config_to_json, load_config,
+                          save_config)
+from utils.distributed import (all_gather_no_grad, all_reduce_sum, average_gradients, barrier, broadcast_object,
+                               broadcast_parameters, cleanup, gather_objects, init_distributed, remove_launcher_args)
+from utils.datasets import FaceRecDataset, build_dataset
+from utils.face_rec import PROPERTY_NAME, read_property
 from utils.loader import build_loader, to_device
 from utils.logging_utils import TrainingMonitor, setup_logger
 from utils.method import Method, Progress, TrainEnv
+from utils.run_folder import claim_output_folder, clear_previous_run, refuse_overwrite
 from utils.schedulers import build_lr_factor, build_scheduler
 from utils.verification import VerificationCallback
 
@@ -43,11 +49,13 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; a debug checkpoint has been written."""
 
 
-EXPECTED_ERRORS = (ValueError, FileNotFoundError, NonFiniteLossError)
+EXPECTED_ERRORS = (ValueError, OSError, NonFiniteLossError)
+# resume may change these without a warning (where the run is, how it is named)
+RESUME_IGNORED_KEYS = ("output", "resume", "config_name")
 
 
 def parse_args(argv: Sequence[str], method_class) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = StrictArgumentParser(
         description=f"Train a face-recognition backbone with the {method_class.name!r} method. "
                     "Single process: `python SCRIPT CONFIG`; several GPUs: "
                     "`torchrun --nproc_per_node=8 SCRIPT CONFIG` (or python -m torch.distributed.launch). "
@@ -58,6 +66,9 @@ def parse_args(argv: Sequence[str], method_class) -> argparse.Namespace:
                         help="override config keys, e.g. --set lr=0.05 num_epoch=2 (values parsed as Python literals)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from <output>/checkpoint.pt exactly where it stopped (same as resume=True)")
+    parser.add_argument("--start-over", action="store_true",
+                        help="train from scratch into an output folder that holds an earlier run's model.pt / "
+                             "checkpoint.pt, removing them (without it such a run is refused)")
     _, remaining = remove_launcher_args(argv)
     return parser.parse_args(remaining)
 
@@ -77,16 +88,46 @@ def set_determinism(deterministic: bool) -> None:
 
 
 def autocast_and_scaler(cfg, device: torch.device, logger):
-    """(autocast context factory, GradScaler or None) for fp16 / bf16 / fp32."""
+    """(autocast context factory, GradScaler or None) for fp16 / bf16 / fp32.
+
+    fp16 runs on CUDA; on the CPU it falls back to float32 unless `amp_on_cpu` is set, which runs
+    the very same fp16 autocast + GradScaler path on the CPU (slow; it lets the tests exercise the
+    AMP branch of the engine without a GPU)."""
     if cfg.fp16 and cfg.bf16:
         raise ValueError("config: fp16 and bf16 are mutually exclusive")
-    if cfg.fp16 and device.type != "cuda":
-        logger.warning("fp16 autocast needs CUDA: training in float32 on the CPU")
+    if cfg.fp16 and device.type != "cuda" and not cfg.amp_on_cpu:
+        logger.warning("fp16 autocast needs CUDA: training in float32 on the CPU (amp_on_cpu=True forces it)")
     elif cfg.fp16:
-        return functools.partial(torch.autocast, "cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+        return functools.partial(torch.autocast, device.type, dtype=torch.float16), torch.amp.GradScaler(device.type)
     if cfg.bf16:
         return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16), None
     return contextlib.nullcontext, None
+
+
+def scaler_found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> List[torch.Tensor]:
+    """The inf/NaN flags (one float tensor per device) that `scaler.unscale_(optimizer)` recorded
+    and that `scaler.step` / `scaler.update` read. Writing into them changes the decision; the
+    layout is GradScaler's (torch 2.4 to 2.14): checked, so a change fails loudly, not silently."""
+    state = getattr(scaler, "_per_optimizer_states", {}).get(id(optimizer))
+    if state is None or not isinstance(state.get("found_inf_per_device"), dict) or not state["found_inf_per_device"]:
+        raise RuntimeError("GradScaler: no found_inf flags after unscale_ (unknown torch GradScaler layout)")
+    return list(state["found_inf_per_device"].values())
+
+
+def freeze_batchnorm(module: nn.Module) -> int:
+    """Put every BatchNorm layer of `module` in evaluation mode for good: it normalises with its
+    running statistics and never updates them, whatever train() is called later. Returns the count.
+    (Batch statistics are per rank, so they are the one thing that makes W ranks x B differ from
+    one process x W*B; frozen statistics also suit fine-tuning with small batches.)"""
+    layers = [layer for layer in module.modules() if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
+    for layer in layers:
+        layer.eval()
+        layer.train = types.MethodType(_stay_in_eval_mode, layer)
+    return len(layers)
+
+
+def _stay_in_eval_mode(layer: nn.Module, mode: bool = True) -> nn.Module:
+    return layer
 
 
 def build_optimizer(cfg, modules: Sequence[nn.Module]) -> torch.optim.Optimizer:
@@ -137,31 +178,45 @@ def mean_over_micro_batches(losses: Sequence[torch.Tensor],
                           for name in names}
 
 
+def check_image_size(dataset) -> None:
+    """A rec's images must have the size its `property` file declares (checked on the first image)."""
+    if not isinstance(dataset, FaceRecDataset) or not (dataset.rec_dir / PROPERTY_NAME).is_file():
+        return
+    _, height, width = read_property(dataset.rec_dir)
+    found = tuple(dataset[0][0].shape[1:])
+    if found != (height, width):
+        raise ValueError(f"{dataset.rec_dir / PROPERTY_NAME} declares {height}x{width} images but the first "
+                         f"image of {dataset.reader.rec_path} is {found[0]}x{found[1]}")
+
+
 class Trainer:
     """Everything one training run holds; also what Method.on_epoch_start(epoch, trainer) sees:
     cfg, rank, world_size, device, dataset, backbone (unwrapped), head, extra, optimizer, step,
     micro_step_in_epoch (> 0 when resuming mid-epoch) and extract_features(indices).
     """
 
-    def __init__(self, cfg, method_class, argv: Sequence[str] = ()):
+    def __init__(self, cfg, method_class, argv: Sequence[str] = (), start_over: bool = False):
         self.cfg = cfg
         self.rank, self.local_rank, self.world_size, self.device = init_distributed(argv)
-        Path(cfg.output).mkdir(parents=True, exist_ok=True)
-        self.logger = setup_logger(cfg.output, self.rank)
+        # one run per output folder; nothing but the lock is written into it before every check below
+        # has passed (_open_output): a refused run leaves the folder as it was
+        self.output_lock = claim_output_folder(cfg.output, self.rank)
+        self.logger = setup_logger(None, self.rank)  # console only until then
+        if cfg.resume and start_over:
+            raise ValueError("--resume and --start-over contradict each other: give one")
+        if not cfg.resume and not start_over:
+            refuse_overwrite(cfg.output)
         seed_everything(cfg.seed + self.rank)
         set_determinism(bool(cfg.deterministic))
         # flips happen on the device (random_flip): deterministic per sample, exact on resume
         self.dataset = build_dataset(cfg, flip=False)
+        check_image_size(self.dataset)
         cfg.num_classes = int(self.dataset.num_classes) if cfg.num_classes is None else cfg.num_classes
         cfg.num_image = len(self.dataset) if cfg.num_image is None else cfg.num_image
         self.env = TrainEnv(self.rank, self.world_size, self.local_rank, self.device, cfg.num_classes, cfg.num_image)
         self.method: Method = method_class(cfg, self.env)
         if cfg.method.lower() != method_class.name.lower():
             self.logger.warning(f"config method {cfg.method!r} is trained with the {method_class.name!r} script")
-        if self.rank == 0:
-            save_config(cfg, Path(cfg.output) / "config.json")
-            self.logger.info(f"config {cfg.config_name} (world size {self.world_size}, device {self.device}):\n"
-                             f"{config_to_json(cfg)}")
         self.method.validate_inputs(self.dataset)
         self._build_data()
         self._build_model()
@@ -171,14 +226,31 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, factor or build_lr_factor(cfg, self.steps_per_epoch,
                                                                                   self.total_steps))
         self.epoch, self.step, self.micro_step_in_epoch, self.pending_rng = 0, 0, 0, None
-        if cfg.resume:
-            self._restore(Path(cfg.output) / CHECKPOINT_FILE)
+        self.nonfinite_losses = torch.zeros((), device=self.device)   # of the current optimiser step
+        self.verification = VerificationCallback(cfg, self.rank, self.device, self.logger)
+        resume_notes = self._restore(Path(cfg.output) / CHECKPOINT_FILE) if cfg.resume else []
         self.model = self._wrap(self.backbone)
+        self._open_output(start_over, resume_notes)
         self.monitor = TrainingMonitor(cfg, self.logger, self.rank, self.total_steps, self.step,
                                        cfg.batch_size * self.world_size * self.accumulation)
-        self.verification = VerificationCallback(cfg, self.rank, self.device, self.logger, self.monitor)
+        self.verification.monitor = self.monitor
 
     # ---- set-up ---------------------------------------------------------------------------
+    def _open_output(self, start_over: bool, notes: Sequence[Tuple[int, str]]) -> None:
+        """Every start-up check has passed: the run now writes into its folder (logs, config)."""
+        cfg = self.cfg
+        removed = clear_previous_run(cfg.output) if start_over and self.rank == 0 else []
+        barrier()
+        self.logger = setup_logger(cfg.output, self.rank)
+        if removed:
+            self.logger.info(f"--start-over: removed {', '.join(removed)} of the earlier run in {cfg.output}")
+        if self.rank == 0:
+            save_config(cfg, Path(cfg.output) / "config.json")
+            self.logger.info(f"config {cfg.config_name} (world size {self.world_size}, device {self.device}):\n"
+                             f"{config_to_json(cfg)}")
+        for level, note in notes:
+            self.logger.log(level, note)
+
     def _build_data(self) -> None:
         cfg = self.cfg
         self.loader, self.sampler = build_loader(self.dataset, cfg.batch_size, self.rank, self.world_size,
@@ -200,6 +272,9 @@ class Trainer:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.head = self.method.build_head().to(self.device)
         self.extra = self.method.extra_modules().to(self.device)
+        if cfg.freeze_batchnorm:
+            frozen = freeze_batchnorm(self.backbone) + freeze_batchnorm(self.extra)
+            self.logger.info(f"freeze_batchnorm: {frozen} BatchNorm layers use their running statistics")
         # replicated modules start from rank 0's initialisation (seeds differ per rank)
         broadcast_parameters(self.extra)
         if not is_sharded(self.head):
@@ -227,7 +302,7 @@ class Trainer:
         # a rank whose method state equals rank 0's (replicated prototypes) sends None: stored once
         digest = state_digest(method_state)
         same_as_rank0 = digest == broadcast_object(digest)
-        per_rank = gather_objects({"rng": rng_state(), "method": None if same_as_rank0 else method_state})
+        per_rank = gather_objects({"rng": rng_state(self.device), "method": None if same_as_rank0 else method_state})
         if self.rank != 0:
             return None
         optimizer_state = self.optimizer.state_dict()
@@ -239,7 +314,8 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "epoch": self.epoch, "step": self.step, "micro_step_in_epoch": self.micro_step_in_epoch,
                 "sampler_position": self.micro_step_in_epoch * self.cfg.batch_size,
-                "world_size": self.world_size, "per_rank": per_rank, "config": dict(self.cfg),
+                "world_size": self.world_size, "per_rank": per_rank, "config": comparable_config(self.cfg),
+                "dataset": self.dataset.fingerprint(),
                 "best_accuracy": dict(self.verification.best) if hasattr(self, "verification") else {}}
 
     def _scheduler_position(self) -> dict:
@@ -255,8 +331,29 @@ class Trainer:
             atomic_torch_save(state, Path(self.cfg.output) / file_name)
         barrier()
 
-    def _restore(self, path: Path) -> None:
+    def _check_resumable(self, state: dict, path: Path) -> List[Tuple[int, str]]:
+        """Refuse a checkpoint whose data order or model differs from this run's (one line listing
+        every difference); returns the notes on keys that changed harmlessly (lr, num_epoch ...)."""
+        stored, current = state["config"], comparable_config(self.cfg)
+        differences = config_differences(stored, current, RESUME_FIXED_KEYS)
+        stored_data, data = state.get("dataset"), self.dataset.fingerprint()
+        if stored_data != data:
+            def describe(fingerprint):
+                fingerprint = fingerprint or {}
+                return (f"{fingerprint.get('name')} ({fingerprint.get('num_image')} images, index "
+                        f"{str(fingerprint.get('index_sha256'))[:12]})")
+            differences.append(f"data set {describe(stored_data)} -> {describe(data)}")
+        if differences:
+            raise ValueError(f"cannot resume {path}: {'; '.join(differences)} (these decide the data order or the "
+                             f"model); resume with the values it was written with, or pass --start-over")
+        free_keys = sorted((set(stored) | set(current)) - set(RESUME_FIXED_KEYS) - set(RESUME_IGNORED_KEYS))
+        changed = config_differences(stored, current, free_keys)
+        return [(logging.WARNING, f"resuming with changed {', '.join(changed)}")] if changed else []
+
+    def _restore(self, path: Path) -> List[Tuple[int, str]]:
+        """Load checkpoint.pt into this run after _check_resumable; returns the (level, line)s to log."""
         state = load_checkpoint(path)
+        notes = self._check_resumable(state, path)
         same_world = state["world_size"] == self.world_size
         if not same_world and state["micro_step_in_epoch"]:
             raise ValueError(f"{path}: written mid-epoch by {state['world_size']} ranks; resume it with "
@@ -284,9 +381,9 @@ class Trainer:
         self.pending_rng = state["per_rank"][self.rank]["rng"] if same_world else None
         self.best_accuracy = state.get("best_accuracy", {})
         if not same_world:
-            self.logger.warning(f"{path}: written by {state['world_size']} ranks, resuming with {self.world_size}: "
-                                "random states restart and every rank starts from rank 0's method state")
-        self.logger.info(f"resumed from {path}: epoch {self.epoch}, step {self.step}/{self.total_steps}")
+            notes.append((logging.WARNING, f"resuming with changed world size {state['world_size']} -> {self.world_size}: random "
+                         "states restart and every rank starts from rank 0's method state"))
+        return notes + [(logging.INFO, f"resumed from {path}: epoch {self.epoch}, step {self.step}/{self.total_steps}")]
 
     # ---- helpers for method hooks ---------------------------------------------------------
     @torch.no_grad()
@@ -324,33 +421,49 @@ class Trainer:
                 embeddings = self.model(batch["image"])
                 progress = Progress(self.step, self.total_steps, epoch, int(self.cfg.num_epoch))
                 loss, terms = self.method.loss(embeddings, batch, self.head, progress)
-            self._check_finite(loss, terms, batch)
+            # counted on the device, read once per optimiser step (_agree_on_step): no sync here
+            self.nonfinite_losses = self.nonfinite_losses + (~torch.isfinite(loss.detach().float())).float()
             scaled = loss / self.accumulation
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         return loss, terms
 
-    def _check_finite(self, loss: torch.Tensor, terms: dict, batch: dict) -> None:
-        # summed over ranks so that every rank stops together (collectives below)
-        flag = loss.detach().float().reshape(1).clone()
-        if self.world_size > 1:
-            torch.distributed.all_reduce(flag)
-        if bool(torch.isfinite(flag).item()):
-            return
+    def _agree_on_step(self) -> bool:
+        """One all-reduce and one host read per optimiser step: (1) whether any rank saw a non-finite
+        loss in this step (returned), (2) with fp16, whether any rank's GradScaler found an inf/NaN
+        gradient. The summed flag is written back into every rank's scaler, so all ranks skip the
+        same steps and keep the same scale: a rank that skipped alone would leave its replica
+        behind for good (DDP never re-syncs weights)."""
+        flags = [self.nonfinite_losses.reshape(1)]
+        found_inf = scaler_found_inf(self.scaler, self.optimizer) if self.scaler is not None else []
+        if found_inf:
+            flags.append(torch.stack([flag.reshape(()).to(self.device, torch.float32) for flag in found_inf]).sum()
+                         .reshape(1))
+        flags = all_reduce_sum(torch.cat(flags))
+        for flag in found_inf:
+            flag.copy_(flags[1].reshape(flag.shape))
+        return bool(flags[0].item() > 0)
+
+    def _stop_on_nonfinite_loss(self, terms: dict, indices: List[torch.Tensor]) -> None:
         message = f"non-finite loss at step {self.step} (terms {describe_terms(terms)})"
         self.save_checkpoint(DEBUG_CHECKPOINT_FILE, {"nonfinite": {"message": message,
-                                                                   "batch_index": batch["index"].cpu()}})
+                                                                   "batch_index": torch.cat(indices).cpu()}})
         raise NonFiniteLossError(f"{message}; debug state in {Path(self.cfg.output) / DEBUG_CHECKPOINT_FILE}")
 
-    def _optimizer_step(self) -> None:
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
+    def _optimizer_step(self, terms: dict, indices: List[torch.Tensor]) -> None:
+        # replicated modules: average the gradients while still scaled, before unscale_, so that an
+        # overflow on any rank reaches every rank's found_inf (the scale is the same everywhere)
         if not is_sharded(self.head):
             average_gradients(self.head.parameters())
         average_gradients(self.extra.parameters())
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self._agree_on_step():
+            self._stop_on_nonfinite_loss(terms, indices)
+        self.nonfinite_losses.zero_()
         if self.cfg.clip_grad_norm:
             nn.utils.clip_grad_norm_(self.backbone.parameters(), float(self.cfg.clip_grad_norm))
         if self.scaler is not None:
-            self.scaler.step(self.optimizer)
+            self.scaler.step(self.optimizer)   # skipped on every rank together (see _agree_on_step)
             self.scaler.update()
         else:
             self.optimizer.step()
@@ -366,20 +479,22 @@ class Trainer:
         iterator = iter(self.loader)
         if self.pending_rng is not None:
             # after the iterator drew its seed: the resumed run continues the interrupted RNG streams
-            set_rng_state(self.pending_rng)
+            set_rng_state(self.pending_rng, self.device)
             self.pending_rng = None
-        step_losses, step_terms = [], []  # checkpoints fall on step boundaries: never resumed mid-step
+        # checkpoints fall on step boundaries: never resumed mid-step
+        step_losses, step_terms, step_indices = [], [], []
         for batch in itertools.islice(iterator, micro_steps - self.micro_step_in_epoch):
             self.micro_step_in_epoch += 1
             sync = self.micro_step_in_epoch % self.accumulation == 0
+            step_indices.append(batch["index"])
             loss, terms = self._micro_step(batch, epoch, sync)
             step_losses.append(loss.detach())
             step_terms.append(terms)
             if not sync:
                 continue
-            self._optimizer_step()
             loss, terms = mean_over_micro_batches(step_losses, step_terms)
-            step_losses, step_terms = [], []
+            self._optimizer_step(terms, step_indices)
+            step_losses, step_terms, step_indices = [], [], []
             self.monitor.update(self.step, epoch, loss, terms, self.scheduler.get_last_lr()[0], self.scaler)
             epoch_done = self.micro_step_in_epoch == micro_steps
             if (self.cfg.save_every_steps and self.step % int(self.cfg.save_every_steps) == 0
@@ -408,6 +523,7 @@ class Trainer:
         self.verification(self.step, self.model)
         self.monitor.close()
         self.logger.info(f"finished: {Path(self.cfg.output) / 'model.pt'}")
+        self.output_lock.release()
 
 
 def unwrap_compiled(model: nn.Module) -> nn.Module:
@@ -421,7 +537,7 @@ def train(method_class, argv: Optional[List[str]] = None) -> None:
     try:
         cfg = load_config(args.config, args.overrides)
         cfg.resume = bool(cfg.resume or args.resume)
-        Trainer(cfg, method_class, argv).fit()
+        Trainer(cfg, method_class, argv, start_over=args.start_over).fit()
     except EXPECTED_ERRORS as error:
         rank = os.environ.get("RANK", "0")
         prefix = f"[rank {rank}] " if os.environ.get("WORLD_SIZE", "1") != "1" else ""

@@ -2,6 +2,12 @@
 
 poly: linear warm-up from 0 over `warmup_steps`, then (1 - progress)^power (the reference
 PolyScheduler, power 2). step: multiply by `decay_rate` once for every decay epoch reached.
+
+Reference quirk: every BCT and UniBCT config of the reference sets warmup_epoch = -1. Its
+scheduler then has warmup_steps = -S (S = steps per epoch) and the poly factor becomes
+((T - t) / (T + S))^power: x0.945 at the start of a 35-epoch run, not quite 0 at the end. With
+`reference_negative_warmup` (default) a negative warmup_epoch reproduces that; without it, a
+negative warm-up is refused.
 """
 from __future__ import annotations
 
@@ -14,11 +20,16 @@ import torch
 class PolyFactor:
     """step -> LR factor of the poly schedule with linear warm-up."""
 
-    def __init__(self, total_steps: int, warmup_steps: int = 0, power: float = 2.0):
+    def __init__(self, total_steps: int, warmup_steps: int = 0, power: float = 2.0,
+                 negative_warmup: bool = False):
         if total_steps <= 0:
             raise ValueError(f"poly schedule needs total_steps > 0, got {total_steps}")
-        if not 0 <= warmup_steps < total_steps:
-            raise ValueError(f"warm-up steps {warmup_steps} must lie in [0, total_steps={total_steps})")
+        lowest = -total_steps + 1 if negative_warmup else 0
+        if not lowest <= warmup_steps < total_steps:
+            raise ValueError(f"warm-up steps {warmup_steps} must lie in [0, total_steps={total_steps})"
+                             + ("" if negative_warmup else
+                                " (a negative warmup_epoch reproduces the reference's BCT/UniBCT schedule "
+                                "only with reference_negative_warmup=True)"))
         self.total_steps, self.warmup_steps, self.power = total_steps, warmup_steps, power
 
     def __call__(self, step: int) -> float:
@@ -45,7 +56,8 @@ class StepDecayFactor:
 def build_lr_factor(cfg, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
     """The config's schedule (`lr_schedule` poly | step) as a step -> factor callable."""
     if cfg.lr_schedule == "poly":
-        return PolyFactor(total_steps, int(cfg.warmup_epoch * steps_per_epoch), cfg.poly_power)
+        return PolyFactor(total_steps, int(cfg.warmup_epoch * steps_per_epoch), cfg.poly_power,
+                          negative_warmup=bool(cfg.reference_negative_warmup))
     if cfg.lr_schedule == "step":
         return StepDecayFactor(steps_per_epoch, cfg.decay_epoch, cfg.decay_rate)
     raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r} (expected 'poly' or 'step')")

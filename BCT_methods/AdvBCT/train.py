@@ -27,6 +27,7 @@ from torch import nn  # noqa: E402
 
 from losses.compatibility import (check_feature_sizes, check_method_artifact, float32_region,  # noqa: E402
                                   gradient_reverse, normalized, old_feature_store)
+from utils.distributed import all_reduce_sum, get_world_size  # noqa: E402
 from utils.method import Method  # noqa: E402
 
 CLASS_META_ARRAYS = ("center", "radius", "valid")
@@ -65,10 +66,16 @@ def adversarial_loss(discriminator: nn.Module, new_embeddings: torch.Tensor, old
 
 def point_to_set_loss(new_embeddings: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor,
                       elastic_radius: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean of ||n(f_new) - center_y|| - R_y over the samples outside their class boundary."""
+    """Mean of ||n(f_new) - center_y|| - R_y over the samples outside their class boundary, taken
+    over the global batch: the count of violating samples is summed over ranks, so W ranks x B
+    take the step of one process x W*B (a per-rank mean would weight ranks with few violators up)."""
     excess = (normalized(new_embeddings) - centers[labels]).norm(dim=1) - elastic_radius
     violating = (excess > 0) & valid[labels]
-    return (excess * violating).sum() / violating.sum().clamp(min=1)
+    local_sum = (excess * violating).sum()
+    totals = all_reduce_sum(torch.stack([local_sum.detach(), violating.sum().to(local_sum.dtype)]))
+    # value: the global mean; gradient: W x this rank's share, which DDP's average turns into the global mean's
+    share = get_world_size() * (local_sum - local_sum.detach())
+    return (share + totals[0]) / totals[1].clamp(min=1)
 
 
 class AdvBCTMethod(Method):

@@ -15,6 +15,10 @@ Q_z ([K, num_local], float16): z_new . Q_z is a partial sum per rank, summed by 
 Quirks of the reference, reproduced by default: with fp16 the z logits are the s-scaled margin
 logits clamped to [-1, 1] (nccl_clamp_logits_quirk), and z_new reaches l2 through a gradient-free
 all_gather, so l2 is logged but trains nothing (nccl_logit_term_gradient = False).
+Data parallel: l1 and l2 are means over the local batch, so W ranks x B take the step of one
+process x W*B. The reference computes l1 through the Partial FC all-gather, whose backward
+multiplies by W: its l1 trains with weight alpha * W at W GPUs. nccl_reference_world_size_factor
+= True reproduces that (the MS1M-V3 grid configs set it; it changes nothing on one process).
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from losses.compatibility import (check_feature_sizes, check_method_artifact, float32_region,  # noqa: E402
-                                  normalized, old_feature_store)
+                                  normalized, old_feature_store, scale_gradient)
 from utils.distributed import (all_gather_no_grad, all_gather_with_grad, get_rank,  # noqa: E402
                                get_world_size)
 from utils.method import Method  # noqa: E402
@@ -179,7 +183,10 @@ class NCCLMethod(Method):
             positives = labels[:, None] == self.queue.labels[None, :]
             weights = 0.5 * (old_local @ self.queue.embeddings.t() + 1)
             temperature = self.cfg.nccl_temperature
-            embedding_term = neighbourhood_consensus_loss(normalized(embeddings) @ self.queue.embeddings.t(),
+            anchors = embeddings
+            if self.cfg.nccl_reference_world_size_factor:
+                anchors = scale_gradient(embeddings, get_world_size())
+            embedding_term = neighbourhood_consensus_loss(normalized(anchors) @ self.queue.embeddings.t(),
                                                           positives, weights, temperature)
             keep_gradient = bool(self.cfg.nccl_logit_term_gradient)
             with torch.set_grad_enabled(keep_gradient and torch.is_grad_enabled()):

@@ -32,6 +32,7 @@ from BCT_methods.BCT.train import BCTMethod  # noqa: E402
 from losses.compatibility import check_method_artifact, old_feature_store  # noqa: E402
 from utils.distributed import get_rank, get_world_size  # noqa: E402
 from utils.logging_utils import LOGGER_NAME  # noqa: E402
+from utils.schedulers import StepDecayFactor  # noqa: E402
 
 logger = logging.getLogger(LOGGER_NAME)
 # images whose new features are extracted (by all ranks) and refined at a time: memory stays flat
@@ -109,13 +110,8 @@ class UniBCTMethod(BCTMethod):
         return 0.0 if progress.epoch < self.cfg.unibct_start_epoch else float(self.cfg.bct_weight)
 
     def lr_lambda(self, steps_per_epoch, total_steps):
-        decay_epochs = sorted(int(epoch) for epoch in self.cfg.decay_epoch)
-        rate = float(self.cfg.decay_rate)
-
-        def factor(step: int) -> float:
-            epoch = step // max(1, steps_per_epoch)
-            return rate ** sum(epoch >= decay_epoch for decay_epoch in decay_epochs)
-        return factor
+        # UniBCT's own step decay whatever lr_schedule says (the reference ignores warmup_epoch here)
+        return StepDecayFactor(steps_per_epoch, self.cfg.decay_epoch, float(self.cfg.decay_rate))
 
     def on_epoch_start(self, epoch, trainer) -> None:
         if epoch not in tuple(self.cfg.unibct_refine_epochs) or epoch in self.refined_epochs:

@@ -6,3 +6,4 @@ config.nccl_queue_size = 8192
 config.nccl_alpha = 1.0
 config.nccl_beta = 0.01
 config.nccl_temperature = 1.0
+config.nccl_reference_world_size_factor = True   # l1 x world size, as the reference at 8 GPUs

@@ -142,3 +142,19 @@ def clear_previous_run(folder) -> list:
             shutil.rmtree(path)
             removed.append(name + "/")
     return removed
+
+
+def claim_output_folder(folder, rank: int) -> OutputLock:
+    """Rank 0 takes the folder's lock; every rank raises the same one-line error when it cannot
+    (collective: call on every rank)."""
+    from utils.distributed import broadcast_object
+    lock, error = OutputLock(folder), None
+    if rank == 0:
+        try:
+            lock.acquire()
+        except ValueError as refusal:
+            error = str(refusal)
+    error = broadcast_object(error)
+    if error:
+        raise ValueError(error)
+    return lock

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from utils.artifacts import file_sha256
-from utils.face_rec import IDX_NAME, PROPERTY_NAME, REC_NAME, FaceRecIndex, read_property
+from utils.face_rec import FaceRecIndex, is_rec_location, read_property
 from utils.recordio import RecordIOError, decode_bgr, unpack
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -53,26 +53,31 @@ def bgr_to_item(image_bgr: np.ndarray, flip: bool) -> torch.Tensor:
 
 
 class FaceRecDataset(Dataset):
-    """insightface train.rec/train.idx/property folder (header or sequential layout)."""
+    """insightface face set (header or sequential layout): a train.rec/train.idx/property folder,
+    or the reference split tool's prefix files (P.rec / P.idx, labels from the image records).
+    `rec_dir` is the location as given (folder or prefix); `rec_path`, `idx_path` and
+    `property_path` (None when absent) are the files."""
 
     def __init__(self, rec_dir, flip: bool = True):
         self.rec_dir = Path(rec_dir)
-        if not (self.rec_dir / REC_NAME).is_file():
-            raise ValueError(f"{self.rec_dir}: no {REC_NAME} in this folder")
         self.flip = flip
         self._fingerprint = None
         index = FaceRecIndex(self.rec_dir)
+        self.location = index.location
+        self.rec_path, self.idx_path = index.location.rec_path, index.location.idx_path
+        self.property_path = index.location.property_path
         self.reader = index.reader
         self.image_keys = index.image_keys
         self.image_offsets = index.image_offsets
         self.labels = index.labels
-        self.num_classes = check_contiguous_labels(self.labels, self.rec_dir / REC_NAME)
-        property_path = self.rec_dir / PROPERTY_NAME
-        if property_path.is_file():
-            declared_classes = read_property(property_path)[0]
-            if declared_classes != self.num_classes:
-                raise ValueError(f"{property_path}: says {declared_classes} classes, "
-                                 f"{REC_NAME} has {self.num_classes}")
+        self.num_classes = check_contiguous_labels(self.labels, self.rec_path)
+        if self.property_path is not None:
+            declared_classes, where = read_property(self.property_path)[0], self.property_path
+        else:
+            declared_classes, where = index.declared_num_classes, f"{self.rec_path} header record 0"
+        if declared_classes is not None and declared_classes != self.num_classes:
+            raise ValueError(f"{where}: says {declared_classes} classes, "
+                             f"{self.rec_path.name} has {self.num_classes}")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -88,9 +93,9 @@ class FaceRecDataset(Dataset):
 
     def fingerprint(self) -> Dict:
         if self._fingerprint is None:   # hashing a 100 MB .idx once is enough
-            self._fingerprint = {"name": self.rec_dir.resolve().name, "num_image": len(self),
+            self._fingerprint = {"name": self.location.name, "num_image": len(self),
                                  "num_classes": self.num_classes, "labels_sha256": labels_sha256(self.labels),
-                                 "index_sha256": file_sha256(self.rec_dir / IDX_NAME)}
+                                 "index_sha256": file_sha256(self.idx_path)}
         return dict(self._fingerprint)
 
 
@@ -167,7 +172,8 @@ def check_dataset(dataset, num_classes, num_image, path) -> None:
 
 
 def build_dataset(cfg, flip: bool = True):
-    """cfg.synthetic -> SyntheticDataset; cfg.rec with train.rec -> FaceRecDataset; else image folder."""
+    """cfg.synthetic -> SyntheticDataset; cfg.rec a folder with train.rec or a prefix with .rec /
+    .idx files -> FaceRecDataset; else an image folder."""
     if cfg.synthetic:
         if cfg.num_image is None or cfg.num_classes is None:
             raise ValueError("config: synthetic data needs num_image and num_classes")
@@ -175,11 +181,16 @@ def build_dataset(cfg, flip: bool = True):
         where = "synthetic data"
     else:
         if not cfg.rec:
-            raise ValueError("config key 'rec' is not set (folder with train.rec or an image folder)")
+            raise ValueError("config key 'rec' is not set (folder with train.rec, prefix of .rec/.idx "
+                             "files, or an image folder)")
         rec_dir = Path(cfg.rec)
-        if not rec_dir.is_dir():
-            raise ValueError(f"config rec = {rec_dir}: folder not found")
-        dataset = FaceRecDataset(rec_dir, flip) if (rec_dir / REC_NAME).is_file() else ImageFolderDataset(rec_dir, flip)
+        if is_rec_location(rec_dir):
+            dataset = FaceRecDataset(rec_dir, flip)
+        elif rec_dir.is_dir():
+            dataset = ImageFolderDataset(rec_dir, flip)
+        else:
+            raise ValueError(f"config rec = {rec_dir}: neither a folder nor a prefix with "
+                             f"{rec_dir.name}.rec and {rec_dir.name}.idx beside it")
         where = rec_dir
     check_dataset(dataset, cfg.num_classes, cfg.num_image, where)
     return dataset

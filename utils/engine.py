@@ -36,7 +36,7 @@ from utils.config import (RESUME_FIXED_KEYS, comparable_config, config_differenc
 from utils.distributed import (all_gather_no_grad, all_reduce_sum, average_gradients, barrier, broadcast_object,
                                broadcast_parameters, cleanup, gather_objects, init_distributed, remove_launcher_args)
 from utils.datasets import FaceRecDataset, build_dataset
-from utils.face_rec import PROPERTY_NAME, read_property
+from utils.face_rec import read_property
 from utils.loader import build_loader, to_device
 from utils.logging_utils import TrainingMonitor, setup_logger
 from utils.method import Method, Progress, TrainEnv
@@ -180,12 +180,12 @@ def mean_over_micro_batches(losses: Sequence[torch.Tensor],
 
 def check_image_size(dataset) -> None:
     """A rec's images must have the size its `property` file declares (checked on the first image)."""
-    if not isinstance(dataset, FaceRecDataset) or not (dataset.rec_dir / PROPERTY_NAME).is_file():
+    if not isinstance(dataset, FaceRecDataset) or dataset.property_path is None:
         return
-    _, height, width = read_property(dataset.rec_dir)
+    _, height, width = read_property(dataset.property_path)
     found = tuple(dataset[0][0].shape[1:])
     if found != (height, width):
-        raise ValueError(f"{dataset.rec_dir / PROPERTY_NAME} declares {height}x{width} images but the first "
+        raise ValueError(f"{dataset.property_path} declares {height}x{width} images but the first "
                          f"image of {dataset.reader.rec_path} is {found[0]}x{found[1]}")
 
 

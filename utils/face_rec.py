@@ -3,12 +3,18 @@
 Header layout (RecBuilder): images are keys 1..N (label = identity), identity records are keys
 N+1..N+K (label [first, end) image keys, empty payload), header record 0 (label [N+1, N+K+1],
 id2 = 1) is written last. Sequential layout (SeqRecBuilder): every .idx key is an image.
+
+The MixBCT reference split tool writes each subset as prefix files beside train.rec
+(`train_part_30_class.rec` / `.idx`, no property) whose header record 0 has label [N+1, C]
+(C = class count, so the identity range is empty) and no identity records; image labels are
+[class, original key]. `locate_rec` accepts both a folder (ours) and such a prefix; labels then
+come from the image records.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -34,6 +40,48 @@ def read_property(path) -> Tuple[int, int, int]:
         raise ValueError(f"{path} line 1: expected 'num_classes,height,width', got {first_line[:80]!r}")
     num_classes, height, width = (int(field) for field in fields)
     return num_classes, height, width
+
+
+class RecLocation(NamedTuple):
+    """Where a face set's files are. `property_path` is None when there is none (reference
+    prefix files never have one); `name` is the folder or prefix name."""
+    rec_path: Path
+    idx_path: Path
+    property_path: Optional[Path]
+    name: str
+
+
+def _prefix_files(path: Path) -> Tuple[Path, Path]:
+    """P -> (P.rec, P.idx); P.rec or P.idx given directly name the same pair."""
+    prefix = path.with_suffix("") if path.suffix in (".rec", ".idx") else path
+    return prefix.with_name(prefix.name + ".rec"), prefix.with_name(prefix.name + ".idx")
+
+
+def is_rec_location(rec: Union[str, Path]) -> bool:
+    """True for a folder holding train.rec or a prefix with .rec and .idx files."""
+    path = Path(rec)
+    if path.is_dir():
+        return (path / REC_NAME).is_file()
+    return all(file.is_file() for file in _prefix_files(path))
+
+
+def locate_rec(rec: Union[str, Path]) -> RecLocation:
+    """`rec` as a folder with train.rec / train.idx [/ property] (ours, insightface's) or as the
+    reference split tool's prefix P with P.rec and P.idx (P.rec itself is accepted too)."""
+    path = Path(rec)
+    if path.is_dir():
+        if not (path / REC_NAME).is_file():
+            raise ValueError(f"{path}: no {REC_NAME} in this folder")
+        property_path = path / PROPERTY_NAME
+        return RecLocation(path / REC_NAME, path / IDX_NAME,
+                           property_path if property_path.is_file() else None, path.resolve().name)
+    rec_path, idx_path = _prefix_files(path)
+    if rec_path.is_file() and idx_path.is_file():
+        return RecLocation(rec_path, idx_path, None, rec_path.stem)
+    if rec_path.is_file():
+        raise ValueError(f"{rec_path}: its index {idx_path.name} is missing")
+    raise ValueError(f"{path}: neither a folder with {REC_NAME} nor a prefix with "
+                     f"{rec_path.name} and {idx_path.name} beside it")
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -110,34 +158,43 @@ class FaceRecWriter(PublishOnSuccess):
 class FaceRecIndex:
     """Which .idx keys are images, where they are, and their labels; reads record headers only.
 
-    Attributes: `reader`, `layout` ("header" or "sequential"), `header_label` ((first identity key,
-    end) or None), `image_keys`, `image_offsets`, `labels` (int64, dataset order), `num_classes`,
+    Attributes: `location` (`RecLocation`), `reader`, `layout` ("header" or "sequential"),
+    `header_label` ((first identity key, end) or None), `has_identity_records`,
+    `declared_num_classes` (the reference header's C, else None), `image_keys`, `image_offsets`,
+    `labels` (int64, dataset order), `labels_source` ("identities" or "images"), `num_classes`,
     `class_ranges` ([C, 2] dataset positions [start, end) when labels are grouped, else None).
-    `labels_from`: "auto" (identity records when the header layout has them), "images", "identities".
+    `rec` is a folder or a reference prefix (`locate_rec`). `labels_from`: "auto" (identity
+    records when the header layout has them, else the image records), "images", "identities".
     """
 
-    def __init__(self, rec_dir, labels_from: str = "auto"):
-        self.rec_dir = Path(rec_dir)
+    def __init__(self, rec, labels_from: str = "auto"):
+        self.rec_dir = Path(rec)
         if labels_from not in ("auto", "images", "identities"):
             raise ValueError(f"labels_from must be auto, images or identities, got {labels_from!r}")
-        self.reader = RecordIOReader(self.rec_dir / REC_NAME, self.rec_dir / IDX_NAME)
+        self.location = locate_rec(rec)
+        self.reader = RecordIOReader(self.location.rec_path, self.location.idx_path)
         keys = self.reader.key_array
         header = self.reader.read_header_at(self.reader.offset_of(0)) if 0 in self.reader else None
+        self.has_identity_records, self.declared_num_classes = False, None
         if header is not None and header.flag > 0:
             self.layout = "header"
             first_identity, identity_end = (int(value) for value in header.label[:2])
             self.header_label = (first_identity, identity_end)
             self.image_keys = np.arange(1, first_identity, dtype=np.int64)
+            # the reference split's [N+1, C] leaves the identity range empty
+            self.has_identity_records = identity_end > first_identity and first_identity in self.reader
+            if identity_end < first_identity:
+                self.declared_num_classes = identity_end
         else:
             self.layout, self.header_label = "sequential", None
             self.image_keys = keys.copy()
         self.image_offsets = self.reader.offsets_of(self.image_keys)
-        if labels_from == "identities" or (labels_from == "auto" and self.layout == "header"):
-            if self.layout != "header":
+        if labels_from == "identities" or (labels_from == "auto" and self.has_identity_records):
+            if not self.has_identity_records:
                 raise RecordIOError(f"{self.reader.idx_path}: no header record 0 with identity ranges")
-            self.labels = self._labels_from_identities()
+            self.labels, self.labels_source = self._labels_from_identities(), "identities"
         else:
-            self.labels = self._labels_from_images()
+            self.labels, self.labels_source = self._labels_from_images(), "images"
         self.num_classes = int(self.labels.max()) + 1 if len(self.labels) else 0
         self.class_ranges = self._class_ranges()
 

@@ -2,7 +2,9 @@
 
     python tools/split_dataset/split_dataset_ms1mv3.py [--input dataset/ms1m-retinaface-t1] [--ratio 0.3]
 
-writes, as sub-folders of the input folder (or of --out), four valid insightface recs:
+--input is a rec folder (train.rec, train.idx, property) or a prefix P with P.rec / P.idx files
+(the reference split tool's layout: no property, labels in the image records). Writes, as
+sub-folders of the input folder (of a prefix's folder, or of --out), four valid insightface recs:
   train_part_30_class  identities y < N30 = round(C * ratio), labels kept
   train_part_70_class  the other identities, relabelled y - N30
   train_part_30_data   per identity the first k = max(1, round(ratio * n)) images in record order
@@ -20,9 +22,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.face_rec import REC_NAME, FaceRecIndex, FaceRecWriter, read_property  # noqa: E402
+from utils.face_rec import (REC_NAME, FaceRecIndex, FaceRecWriter, is_rec_location,  # noqa: E402
+                            read_property)
 from utils.progress import ProgressReporter, run_tool  # noqa: E402
-from utils.recordio import unpack  # noqa: E402
+from utils.recordio import decode_bgr, unpack  # noqa: E402
 
 
 def check_grouped_labels(labels: np.ndarray, image_keys: np.ndarray, where) -> None:
@@ -81,19 +84,26 @@ def split_rec(input_dir, output_root, ratio: float, overwrite: bool = False,
     input_dir, output_root = Path(input_dir), Path(output_root)
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"--ratio must be strictly between 0 and 1, got {ratio}")
-    if not (input_dir / REC_NAME).is_file():
-        raise ValueError(f"{input_dir}: no {REC_NAME} in this folder")
-    _, height, width = read_property(input_dir)
     names = split_names(ratio)
     existing = [name for name in names.values() if (output_root / name / REC_NAME).exists()]
     if existing and not overwrite:
         raise ValueError(f"{output_root / existing[0]} already holds a {REC_NAME} "
                          f"(pass --overwrite to replace it)")
+    # a folder named like the reference tool's prefix files would silently take their place
+    shadowed = [name for name in names.values() if (output_root / f"{name}.rec").exists()]
+    if shadowed:
+        raise ValueError(f"{output_root / shadowed[0]}.rec (a subset written by the reference split "
+                         f"tool) is already there: train on it as is, or pass --out elsewhere")
 
     # labels from the image records themselves, so a disorder is named by its record key
     index = FaceRecIndex(input_dir, labels_from="images")
+    rec_path = index.location.rec_path
     labels, image_keys = index.labels, index.image_keys
-    check_grouped_labels(labels, image_keys, input_dir / REC_NAME)
+    check_grouped_labels(labels, image_keys, rec_path)
+    if index.location.property_path is not None:
+        _, height, width = read_property(index.location.property_path)
+    else:   # reference prefix files have no property: the first image gives the size
+        height, width = decode_bgr(unpack(index.reader.read_at(int(index.image_offsets[0])))[1]).shape[:2]
     first_classes, in_first_class = class_split(labels, ratio)
     in_first_data, in_second_data = data_split(labels, ratio)
     print(f"{input_dir}: {len(labels)} images, {int(labels[-1]) + 1} identities; "
@@ -108,7 +118,7 @@ def split_rec(input_dir, output_root, ratio: float, overwrite: bool = False,
             header, payload = unpack(reader.read_at(offset))
             label = int(labels[position])
             if _image_label(header) != label:
-                raise ValueError(f"{input_dir / REC_NAME}: record key {key} changed while reading "
+                raise ValueError(f"{rec_path}: record key {key} changed while reading "
                                  f"(label {_image_label(header)}, indexed as {label})")
             if in_first_class[position]:
                 writers["first_class"].add(label, payload)
@@ -135,8 +145,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", default="dataset/ms1m-retinaface-t1",
-                        help="rec folder with train.rec, train.idx, property "
-                             "(default: dataset/ms1m-retinaface-t1, relative to the repository)")
+                        help="rec folder with train.rec, train.idx, property, or a prefix P with "
+                             "P.rec and P.idx (default: dataset/ms1m-retinaface-t1, relative to "
+                             "the repository)")
     parser.add_argument("--ratio", type=float, default=0.3,
                         help="fraction of identities (class split) and of each identity's images "
                              "(data split) that goes to the first part (default 0.3)")
@@ -153,9 +164,9 @@ def main(argv=None):
     args = parse_args(argv)
     repository = Path(__file__).resolve().parents[2]
     input_dir = Path(args.input)
-    if not input_dir.is_absolute() and not input_dir.exists():
+    if not input_dir.is_absolute() and not input_dir.exists() and not is_rec_location(input_dir):
         input_dir = repository / input_dir
-    output_root = Path(args.out) if args.out else input_dir
+    output_root = Path(args.out) if args.out else (input_dir if input_dir.is_dir() else input_dir.parent)
     summary = split_rec(input_dir, output_root, args.ratio, args.overwrite, args.progress_seconds)
     for name, (num_image, num_classes) in summary.items():
         print(f"{output_root / name}: {num_image} images, {num_classes} identities", flush=True)

@@ -68,13 +68,25 @@ def check_method_artifact(cfg, key: str, kind: str, dataset, method_name: str,
     """check_artifact for the file under config `key` against the training data; returns the manifest.
 
     Rows must equal the image count (or the class count when `per_class`); `expected_dim` is the
-    feature size the method needs. Raises utils.artifacts.ArtifactMismatch naming both sides.
+    feature size the method needs; the old network recorded in the manifest must be config
+    `old_network` when set; the file's bytes must match its manifest's checksum. An artifact derived
+    from old features (prototypes, credible mask, class meta) must descend from the config's
+    `old_features` file and its old model (check_lineage). Raises ArtifactMismatch naming both sides.
     """
-    from utils.artifacts import check_artifact
+    from utils.artifacts import OLD_FEATURES, check_artifact, check_lineage, read_manifest, recorded_source
     path = required_path(cfg, key, method_name)
     fingerprint = dataset.fingerprint()
     rows = dataset.num_classes if per_class else len(dataset.labels)
-    return check_artifact(path, kind, fingerprint, expected_dim=expected_dim, expected_rows=rows)
+    manifest = check_artifact(path, kind, fingerprint, expected_dim=expected_dim, expected_rows=rows,
+                              expected_network=cfg.get("old_network"))
+    if kind != OLD_FEATURES:
+        source = recorded_source(path, manifest)
+        # a method that reads no old features (BCT) checks against the feature file the artifact
+        # names, whenever that file is at hand
+        features_path = Path(cfg.old_features) if cfg.get("old_features") else Path(str(source.get("path")))
+        if cfg.get("old_features") or features_path.is_file():
+            check_lineage(path, manifest, features_path, read_manifest(features_path))
+    return manifest
 
 
 def old_feature_store(cfg, normalise_rows: bool):

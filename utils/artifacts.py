@@ -4,7 +4,11 @@ every consumer runs before trusting one. Misaligned old features must fail loudl
 
 A manifest sits next to its artifact as `<file>.json`:
     {kind, tool, args, created, dataset: <dataset.fingerprint()>, model: {path, sha256, network,
-     embedding_size} or null, shape, dtype, extra}
+     embedding_size} or null, shape, dtype, content_sha256, source, extra}
+`content_sha256` is the artifact file's own checksum (content_sha256(): a file edited or replaced
+after it was written is refused). Artifacts form a lineage: old features record the old model's
+checksum (`model`); prototypes, credible masks and class meta record the feature file they were
+computed from (`source`: its path and content_sha256) and that file's model.
 """
 from __future__ import annotations
 
@@ -14,11 +18,14 @@ import hashlib
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
 import numpy as np
 
+from utils.atomic_files import atomic_write, atomic_write_text
+from utils.cli import StrictArgumentParser
 from utils.config import REPO_ROOT
 
 FEATURE_ROOT = REPO_ROOT / "feature_save"
@@ -104,6 +111,38 @@ def file_sha256(path, chunk_bytes: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+CONTENT_BLOCK_BYTES = 1 << 26
+
+
+def content_sha256(path, block_bytes: int = CONTENT_BLOCK_BYTES, threads: Optional[int] = None) -> str:
+    """Checksum of an artifact's bytes: sha256 over the sha256 digests of its 64 MiB blocks (a
+    one-level tree hash), the blocks hashed in parallel threads (reads and hashlib release the GIL),
+    so verifying a 3.6 M x 512 float32 feature file (7.4 GB) is bounded by disk speed."""
+    size = os.path.getsize(path)
+    descriptor = os.open(path, os.O_RDONLY)
+
+    def block_digest(start: int) -> bytes:
+        digest, position, end = hashlib.sha256(), start, min(start + block_bytes, size)
+        while position < end:
+            data = os.pread(descriptor, min(end - position, 1 << 22), position)
+            if not data:
+                raise OSError(f"{path} shrank while being hashed")
+            digest.update(data)
+            position += len(data)
+        return digest.digest()
+
+    try:
+        workers = threads or min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            digests = list(pool.map(block_digest, range(0, size, block_bytes)))
+    finally:
+        os.close(descriptor)
+    top = hashlib.sha256(f"sha256-blocks:{block_bytes}:{size}:".encode())
+    for digest in digests:
+        top.update(digest)
+    return top.hexdigest()
+
+
 def model_record(model_path, network: str, embedding_size: int) -> Dict[str, Any]:
     """The `model` field of a manifest: which checkpoint produced the artifact."""
     model_path = Path(model_path)
@@ -124,16 +163,14 @@ def _jsonable(value):
 
 
 def write_text_atomic(path, text: str) -> None:
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    atomic_write_text(path, text)
 
 
 def write_manifest(artifact_path, *, kind: str, tool: str, args, dataset: Optional[Mapping],
-                   shape, dtype, model: Optional[Mapping] = None,
+                   shape, dtype, model: Optional[Mapping] = None, source: Optional[Mapping] = None,
                    extra: Optional[Mapping] = None) -> Dict[str, Any]:
-    """Write `<artifact>.json` atomically and return the manifest dict."""
+    """Write `<artifact>.json` atomically (the artifact is already in place: its checksum is taken
+    now) and return the manifest dict."""
     if args is not None and not isinstance(args, Mapping):
         args = vars(args)
     manifest = {
@@ -145,6 +182,8 @@ def write_manifest(artifact_path, *, kind: str, tool: str, args, dataset: Option
         "model": _jsonable(model) if model is not None else None,
         "shape": [int(s) for s in shape],
         "dtype": str(np.dtype(dtype)),
+        "content_sha256": content_sha256(artifact_path),
+        "source": _jsonable(source) if source is not None else None,
         "extra": _jsonable(extra or {}),
     }
     write_text_atomic(manifest_path(artifact_path), json.dumps(manifest, indent=1) + "\n")
@@ -173,12 +212,11 @@ def publish_artifact(temporary, path) -> None:
 
 
 def save_array_atomic(path, array: np.ndarray, **manifest_fields) -> Dict[str, Any]:
-    """np.save to `<path>.tmp.npy`, rename onto `path`, then write the manifest (fields as in
-    write_manifest, shape and dtype taken from the array)."""
+    """np.save to a temporary name of this writer, rename onto `path`, then write the manifest
+    (fields as in write_manifest, shape and dtype taken from the array)."""
     path = Path(path)
-    temporary = path.with_name(path.name + ".tmp.npy")
-    np.save(temporary, array)
-    publish_artifact(temporary, path)
+    manifest_path(path).unlink(missing_ok=True)  # as publish_artifact: never a new file beside an old manifest
+    atomic_write(path, lambda handle: np.save(handle, array))
     return write_manifest(path, shape=array.shape, dtype=array.dtype, **manifest_fields)
 
 
@@ -187,9 +225,8 @@ def save_npz_atomic(path, arrays: Mapping[str, np.ndarray], main_array: str,
     """Several arrays in one uncompressed .npz; the manifest records `main_array`'s shape and
     the shape of every member under extra['arrays']."""
     path = Path(path)
-    temporary = path.with_name(path.name + ".tmp.npz")
-    np.savez(temporary, **arrays)
-    publish_artifact(temporary, path)
+    manifest_path(path).unlink(missing_ok=True)
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))
     extra = dict(manifest_fields.pop("extra", None) or {})
     extra["arrays"] = {name: [int(s) for s in value.shape] for name, value in arrays.items()}
     return write_manifest(path, shape=arrays[main_array].shape, dtype=arrays[main_array].dtype,
@@ -247,11 +284,24 @@ def check_labels_content(labels: np.ndarray, labels_path, dataset_fingerprint: O
                                f"({_dataset_name(dataset_fingerprint)}) has {expected[:12]}")
 
 
+def check_content(array_path, manifest: Mapping) -> None:
+    """The file's bytes must be the ones its manifest was written for."""
+    recorded = manifest.get("content_sha256")
+    if not recorded:
+        raise ArtifactMismatch(f"{array_path}: its manifest records no content checksum (written before "
+                               f"checksums were kept): rebuild it with {manifest.get('tool') or 'its tool'}")
+    found = content_sha256(array_path)
+    if found != recorded:
+        raise ArtifactMismatch(f"{array_path} no longer matches its manifest (content sha256 {found[:12]}, "
+                               f"manifest {str(recorded)[:12]}): it was modified or replaced after it was written")
+
+
 def check_artifact(array_path, kind: str, dataset_fingerprint: Optional[Mapping],
                    expected_dim: Optional[int] = None, expected_rows: Optional[int] = None,
-                   expected_network: Optional[str] = None) -> Dict[str, Any]:
+                   expected_network: Optional[str] = None, verify_content: bool = True) -> Dict[str, Any]:
     """Check an artifact file and its manifest against the data (feature size, old network) it
-    is about to be used with; return the manifest or raise ArtifactMismatch naming both sides."""
+    is about to be used with, and (verify_content) its bytes against the manifest's checksum;
+    return the manifest or raise ArtifactMismatch naming both sides."""
     array_path = Path(array_path)
     if not array_path.is_file():
         raise ArtifactMismatch(f"{kind} file {array_path} does not exist")
@@ -274,7 +324,37 @@ def check_artifact(array_path, kind: str, dataset_fingerprint: Optional[Mapping]
     if expected_network is not None and network != expected_network:
         raise ArtifactMismatch(f"{array_path} was computed with old network {network!r} but the "
                                f"config says old_network = {expected_network!r}")
+    if verify_content:
+        check_content(array_path, manifest)
     return manifest
+
+
+def _model_of(manifest: Mapping) -> Mapping:
+    return manifest.get("model") or {}
+
+
+def recorded_source(artifact_path, manifest: Mapping) -> Mapping:
+    """The feature file a derived artifact's manifest says it was computed from."""
+    source = manifest.get("source") or {}
+    if not source.get("content_sha256"):
+        raise ArtifactMismatch(f"{artifact_path}: its manifest does not record the feature file it was computed "
+                               f"from: rebuild it with {manifest.get('tool') or 'its tool'}")
+    return source
+
+
+def check_lineage(artifact_path, manifest: Mapping, features_path, feature_manifest: Mapping) -> None:
+    """An artifact derived from old features (prototypes, credible mask, class meta) must descend
+    from exactly this feature file and its old model; raise ArtifactMismatch naming both."""
+    source = recorded_source(artifact_path, manifest)
+    if source["content_sha256"] != feature_manifest.get("content_sha256"):
+        raise ArtifactMismatch(f"{artifact_path} was computed from other old features ({source.get('path')}, "
+                               f"sha256 {str(source['content_sha256'])[:12]}) than {features_path} "
+                               f"(sha256 {str(feature_manifest.get('content_sha256'))[:12]}): rebuild it from these")
+    ours, theirs = _model_of(manifest), _model_of(feature_manifest)
+    if ours.get("sha256") != theirs.get("sha256"):
+        raise ArtifactMismatch(f"{artifact_path} records old model {ours.get('network')} "
+                               f"{str(ours.get('sha256'))[:12]} but {features_path} comes from "
+                               f"{theirs.get('network')} {str(theirs.get('sha256'))[:12]}")
 
 
 # ---- the command line of the tools that write or read old features ------------------------
@@ -289,8 +369,7 @@ def add_sd_argument(parser: argparse.ArgumentParser) -> None:
 def scenario_parser(description: str) -> argparse.ArgumentParser:
     """Argument parser of a tool that derives an artifact from old features: the tool's
     docstring as help, plus --SD, --out, --data and --chunk-rows."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StrictArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sd_argument(parser)
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="folder holding <SD>_feature.npy / <SD>_label.npy and receiving the "
@@ -333,11 +412,14 @@ def open_scenario(args: argparse.Namespace):
     return folder, features, labels, manifest, num_classes
 
 
-def derived_manifest_fields(kind: str, tool: str, args, feature_manifest: Mapping,
+def derived_manifest_fields(kind: str, tool: str, args, features_path, feature_manifest: Mapping,
                             extra: Optional[Mapping] = None) -> Dict[str, Any]:
-    """Manifest fields of an artifact computed from old features: same dataset and model."""
+    """Manifest fields of an artifact computed from old features: same dataset and model, and the
+    feature file itself as its source (the lineage check_lineage verifies)."""
+    source = {"kind": OLD_FEATURES, "path": str(Path(features_path).resolve()),
+              "content_sha256": feature_manifest.get("content_sha256")}
     return {"kind": kind, "tool": tool, "args": args, "dataset": feature_manifest.get("dataset"),
-            "model": feature_manifest.get("model"), "extra": extra}
+            "model": feature_manifest.get("model"), "source": source, "extra": extra}
 
 
 def derive_artifact(args: argparse.Namespace, kind: str, tool: str, compute: Callable,
@@ -354,7 +436,8 @@ def derive_artifact(args: argparse.Namespace, kind: str, tool: str, compute: Cal
     start = time.time()
     result, extra, summary = compute(features, labels, num_classes, args)
     output = output_path(folder) if output_path is not None else artifact_paths(args.SD, folder)[kind]
-    fields = derived_manifest_fields(kind, tool, args, feature_manifest, extra)
+    fields = derived_manifest_fields(kind, tool, args, artifact_paths(args.SD, folder)[OLD_FEATURES],
+                                     feature_manifest, extra)
     if isinstance(result, Mapping):
         save_npz_atomic(output, result, main_array=main_array or next(iter(result)), **fields)
     else:

@@ -35,7 +35,7 @@ from BCT_methods.NCCL.train import NCCLMethod  # noqa: E402
 from BCT_methods.UniBCT.train import (REFINE_CHUNK_IMAGES, UniBCTMethod, image_chunks,  # noqa: E402
                                       refine_class_prototypes)
 from backbones import get_model  # noqa: E402
-from utils.artifacts import save_array_atomic, save_npz_atomic  # noqa: E402
+from utils.artifacts import derived_manifest_fields, save_array_atomic, save_npz_atomic  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.datasets import SyntheticDataset  # noqa: E402
 from utils.method import Progress, TrainEnv  # noqa: E402
@@ -83,13 +83,16 @@ def write_random_artifacts(folder: Path, dataset, embedding_size: int, seed: int
     labels, fields = dataset.labels, dict(tool="bench_methods", args={}, dataset=dataset.fingerprint())
     paths = {key: folder / f"{key}.npy" for key in ("old_features", "class_prototypes", "credible_mask")}
     paths["class_meta"] = folder / "class_meta.npz"
-    save_array_atomic(paths["old_features"], features, kind="old_features", **fields)
+    feature_manifest = save_array_atomic(paths["old_features"], features, kind="old_features", **fields)
+
+    def derived(kind: str) -> dict:  # the lineage the methods check: computed from these features
+        return derived_manifest_fields(kind, "bench_methods", {}, paths["old_features"], feature_manifest)
     save_array_atomic(paths["class_prototypes"], class_prototypes(features, labels, dataset.num_classes),
-                      kind="class_prototypes", **fields)
+                      **derived("class_prototypes"))
     save_array_atomic(paths["credible_mask"], credible_mask(features, labels, 0.9, dataset.num_classes),
-                      kind="credible_mask", **fields)
+                      **derived("credible_mask"))
     save_npz_atomic(paths["class_meta"], class_meta(features, labels, dataset.num_classes), main_array="center",
-                    kind="class_meta", **fields)
+                    **derived("class_meta"))
     return {key: str(path) for key, path in paths.items()}
 
 

@@ -14,6 +14,8 @@ must see the same file system); rank 0 renames it into place when every slice is
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -28,9 +30,12 @@ from backbones import load_backbone  # noqa: E402
 from utils.artifacts import (FEATURE_ROOT, OLD_FEATURES, OLD_LABELS, artifact_paths,  # noqa: E402
                              add_sd_argument, model_record, publish_artifact, save_array_atomic,
                              scenario_dir, subset_rec_dir, write_manifest)
+from utils.atomic_files import WriteError, describe_os_error  # noqa: E402
+from utils.cli import StrictArgumentParser  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.datasets import FaceRecDataset  # noqa: E402
-from utils.distributed import barrier, cleanup, init_distributed, remove_launcher_args  # noqa: E402
+from utils.distributed import (barrier, broadcast_object, cleanup, init_distributed,  # noqa: E402
+                               remove_launcher_args)
 from utils.loader import BatchCollator, seed_worker, to_device  # noqa: E402
 from utils.progress import ProgressReporter, run_tool  # noqa: E402
 
@@ -39,8 +44,7 @@ AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StrictArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="the OLD model's config file (network, embedding_size, "
                                        "rec, output holding model.pt)")
     add_sd_argument(parser)
@@ -121,15 +125,34 @@ def main(argv=None) -> Path:
     model_path = Path(args.model) if args.model else Path(cfg.output) / "model.pt"
     dataset = FaceRecDataset(data_dir, flip=False)
     backbone = load_backbone(model_path, cfg.network, cfg.embedding_size, device=device).eval()
-    num_image, dimension = len(dataset), int(cfg.embedding_size)
     paths = artifact_paths(args.SD, folder)
-    partial = paths[OLD_FEATURES].with_name(paths[OLD_FEATURES].name + ".partial.npy")
+    # one shared temporary per run (rank 0's pid): two runs writing the same --SD never share it
+    run_token = broadcast_object(f"{os.getpid()}")
+    partial = paths[OLD_FEATURES].with_name(f".{paths[OLD_FEATURES].name}.partial-{run_token}.npy")
+    try:
+        return _embed_and_publish(args, cfg, rank, world_size, device, data_dir, folder, model_path, dataset,
+                                  backbone, paths, partial)
+    finally:
+        if rank == 0:
+            with contextlib.suppress(OSError):
+                partial.unlink()  # a failed run leaves no temporary behind (renamed away on success)
+
+
+def _embed_and_publish(args, cfg, rank, world_size, device, data_dir, folder, model_path, dataset, backbone,
+                       paths, partial) -> Path:
+    num_image, dimension = len(dataset), int(cfg.embedding_size)
     if rank == 0:
         print(f"old model {cfg.network} ({model_path}) -> {num_image} images of {data_dir} "
               f"-> {folder} on {world_size} process(es)", flush=True)
         folder.mkdir(parents=True, exist_ok=True)
-        np.lib.format.open_memmap(partial, mode="w+", dtype=np.dtype(args.dtype),
-                                  shape=(num_image, dimension)).flush()
+        try:
+            np.lib.format.open_memmap(partial, mode="w+", dtype=np.dtype(args.dtype),
+                                      shape=(num_image, dimension)).flush()
+            # reserve the blocks now: a full disk is one error here, not a SIGBUS while writing the map
+            with open(partial, "r+b") as handle:
+                os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as error:
+            raise WriteError(describe_os_error(error, paths[OLD_FEATURES])) from None
     barrier()
 
     rows = rank_rows(num_image, rank, world_size)

@@ -1,30 +1,57 @@
 """Per-model cache of the raw IJB embeddings f(img) and f(flip(img)).
 
 One .npz per (subset, network, feature size, model file, precision); the key stored inside
-also pins the image list (landmark file checksum) and the alignment settings. A file whose key
-differs from the one asked for is refused: the embeddings are recomputed and the file replaced.
+also pins the image list (landmark file checksum), the images themselves (image_fingerprint:
+every crop's size and modification time plus the full bytes of a fixed sample of crops) and the
+alignment settings. A file whose key differs from the one asked for is refused: the embeddings are
+recomputed and the file replaced.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from tools.ijbc_eval.alignment import ALIGNED_SIZE, REFERENCE_POINTS
+from utils.artifacts import file_sha256
+from utils.atomic_files import atomic_write
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+FINGERPRINT_SAMPLE = 256   # crops whose whole bytes enter the fingerprint, spread over the list
+
+
+def image_fingerprint(image_dir, image_names: Sequence[str], sample: int = FINGERPRINT_SAMPLE) -> str:
+    """sha256 over (name, size, mtime) of every image and the bytes of `sample` images spread evenly
+    over the list: a crop replaced, re-encoded or touched changes it. Stat-only for the rest keeps it
+    at about a second for IJB-C's 469k crops on a warm file system."""
+    image_dir = Path(image_dir)
+    digest = hashlib.sha256(f"images:{len(image_names)}:".encode())
+    for name in image_names:
+        try:
+            status = os.stat(image_dir / str(name))
+        except OSError as error:
+            raise ValueError(f"image {image_dir / str(name)} of the protocol cannot be read "
+                             f"({error.strerror or error})") from None
+        digest.update(f"{name}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+    count = len(image_names)
+    for position in sorted({count * k // sample for k in range(min(sample, count))}):
+        digest.update(bytes.fromhex(file_sha256(image_dir / str(image_names[position]))))
+    return digest.hexdigest()
 
 
 def embedding_cache_key(model_sha256: str, network: str, num_features: int, subset: str,
-                        image_list_sha256: str, num_images: int, amp: bool) -> Dict[str, object]:
+                        image_list_sha256: str, num_images: int, amp: bool,
+                        image_content_sha256: str) -> Dict[str, object]:
     return {
         "format": CACHE_FORMAT,
         "model_sha256": model_sha256, "network": network, "num_features": int(num_features),
         "subset": subset, "image_list_sha256": image_list_sha256, "num_images": int(num_images),
+        "image_content_sha256": image_content_sha256,
         "alignment": {"method": "umeyama-similarity", "size": ALIGNED_SIZE, "border": 0,
                       "reference_points": REFERENCE_POINTS.round(4).tolist(), "colour": "RGB"},
         "input_normalisation": "(x - 127.5) / 127.5",
@@ -65,11 +92,8 @@ def load_cached_embeddings(path: Path, key: Dict[str, object]
 
 
 def write_npz_atomic(path: Path, arrays: Dict[str, np.ndarray]) -> None:
-    """np.savez to a temporary name in the same folder, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez(temporary, **arrays)
-    os.replace(temporary, path)
+    """np.savez to a temporary name of this writer in the same folder, then rename over `path`."""
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
 def save_cached_embeddings(path: Path, key: Dict[str, object], embeddings: np.ndarray,

@@ -41,6 +41,7 @@ from tools.ijbc_eval.pooling import DEFAULT_VARIANT, Variant  # noqa: E402
 from tools.ijbc_eval.protocol import load_identification_protocol, load_verification_protocol  # noqa: E402
 from tools.ijbc_eval.report import markdown_table, save_figure, write_json  # noqa: E402
 from utils.artifacts import write_text_atomic  # noqa: E402
+from utils.cli import StrictArgumentParser  # noqa: E402
 
 # metric name -> operating point; TAR@FAR=1e-4 and 1e-5 are the published IJB-C columns
 TAR_AT_FAR = {"TAR@FAR=1e-5": 1e-5, "TAR@FAR=1e-4": 1e-4, "TAR@FAR=1e-3": 1e-3, "TAR@FAR=1e-2": 1e-2}
@@ -258,8 +259,7 @@ def build_report(args) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StrictArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--old", required=True, metavar="PATH[:net]",
                         help="old backbone state dict (network: the suffix, else --old-net)")
     parser.add_argument("--old-net", default="r18", help="network of --old when it names none")

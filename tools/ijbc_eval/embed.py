@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from backbones import load_backbone
 from tools.ijbc_eval.alignment import similarity_transforms, warp_face
-from tools.ijbc_eval.cache import (cache_file, embedding_cache_key, load_cached_embeddings,
-                                   save_cached_embeddings)
+from tools.ijbc_eval.cache import (cache_file, embedding_cache_key, image_fingerprint,
+                                   load_cached_embeddings, save_cached_embeddings)
 from tools.ijbc_eval.protocol import VerificationProtocol
 from utils.artifacts import file_sha256
 from utils.loader import to_device
@@ -147,7 +147,8 @@ def model_embeddings(model_path, network: str, protocol: VerificationProtocol,
     del state_dict
     sha256 = file_sha256(model_path)
     key = embedding_cache_key(sha256, network, num_features, protocol.subset,
-                              protocol.image_list_sha256, protocol.num_images, options.amp)
+                              protocol.image_list_sha256, protocol.num_images, options.amp,
+                              image_fingerprint(protocol.image_dir, protocol.image_names))
     path = cache_file(options.cache_dir, key) if options.cache_dir is not None else None
     if path is not None and not options.force_reload:
         cached, reason = load_cached_embeddings(path, key)

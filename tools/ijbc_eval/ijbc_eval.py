@@ -36,6 +36,7 @@ from tools.ijbc_eval.protocol import (SUBSETS, load_identification_protocol,  # 
 from tools.ijbc_eval.report import (identification_tables, markdown_table, plot_roc,  # noqa: E402
                                     plot_tpir, verification_tables, write_json)
 from tools.ijbc_eval.verification import verification_metrics  # noqa: E402
+from utils.cli import StrictArgumentParser  # noqa: E402
 from utils.config import REPO_ROOT  # noqa: E402
 
 GENERIC_MODEL_STEMS = {"model", "backbone", "checkpoint"}
@@ -76,8 +77,8 @@ def embedding_options(args) -> EmbeddingOptions:
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    # strict: no option is taken for a prefix of another (`-o DIR` is not `-old_net DIR`)
+    parser = StrictArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-m", "--model", type=Path, help="new backbone state dict (model.pt)")
     parser.add_argument("-net", "--network", default="r50", help="network of -m (backbones.get_model)")
     parser.add_argument("-m_old", "--model_old", type=Path, default=None,

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from utils.artifacts import file_sha256
-from utils.face_rec import FaceRecIndex, is_rec_location, read_property
+from utils.face_rec import FaceRecIndex, image_record_label, is_rec_location, read_property
 from utils.recordio import RecordIOError, decode_bgr, unpack
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -85,11 +85,27 @@ class FaceRecDataset(Dataset):
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int, int]:
         offset = int(self.image_offsets[index])
         try:
-            image_bgr = decode_bgr(unpack(self.reader.read_at(offset))[1])
+            header, payload = unpack(self.reader.read_at(offset))
+            image_bgr = decode_bgr(payload)
         except (RecordIOError, ValueError) as error:
             raise RecordIOError(f"{self.reader.rec_path}: key {int(self.image_keys[index])} "
                                 f"(offset {offset}): {error}") from None
+        self._check_record_header(header, index, offset)
         return bgr_to_item(image_bgr, self.flip and random.random() < 0.5), int(self.labels[index]), index
+
+    def _check_record_header(self, header, index: int, offset: int) -> None:
+        """The record read must be the one the .idx slot promises (its own label, and its id where
+        this file's image ids are their keys): a stale or swapped index is refused, not trained on."""
+        key, label = int(self.image_keys[index]), int(self.labels[index])
+        if getattr(self, "_ids_are_keys", None) is None:  # decided once, from the first image record
+            first_key = int(self.image_keys[0]) if len(self.image_keys) else None
+            self._ids_are_keys = first_key is not None and int(
+                self.reader.read_header_at(int(self.image_offsets[0])).id) == first_key
+        stated = image_record_label(header)
+        if stated != label or (self._ids_are_keys and int(header.id) != key):
+            raise RecordIOError(f"{self.reader.rec_path}: the .idx slot of key {key} (offset {offset}) holds record "
+                                f"id {int(header.id)} label {stated:g} where key {key} label {label} is due: "
+                                f"{self.idx_path.name} is stale or swapped (rebuild it)")
 
     def fingerprint(self) -> Dict:
         if self._fingerprint is None:   # hashing a 100 MB .idx once is enough

@@ -155,6 +155,11 @@ class FaceRecWriter(PublishOnSuccess):
         self._writer.abort()
 
 
+def image_record_label(header: IRHeader) -> float:
+    """The class an image record's own header states (a scalar label, or the first of several)."""
+    return header.label if header.flag == 0 else header.label[0]
+
+
 class FaceRecIndex:
     """Which .idx keys are images, where they are, and their labels; reads record headers only.
 
@@ -202,7 +207,7 @@ class FaceRecIndex:
         labels = np.empty(len(self.image_keys), dtype=np.float64)
         for position, (key, offset) in enumerate(zip(self.image_keys.tolist(), self.image_offsets.tolist())):
             header = self.reader.read_header_at(offset)
-            labels[position] = header.label if header.flag == 0 else header.label[0]
+            labels[position] = image_record_label(header)
         not_integer = np.flatnonzero((labels != np.round(labels)) | (labels < 0))
         if not_integer.size:
             bad = int(not_integer[0])

@@ -105,6 +105,51 @@ class BatchCollator:
         return batch
 
 
+def worker_error_line(error: BaseException) -> Optional[str]:
+    """The worker's own one-line message out of the error DataLoader re-raises in the main process
+    (whose message carries the worker's whole traceback); None for an error of the main process."""
+    text = str(error)
+    if not text.startswith("Caught ") or "Traceback" not in text:
+        return None
+    last = [line for line in text.splitlines() if line.strip()][-1].strip()
+    name, separator, message = last.partition(": ")
+    return message if separator and " " not in name else last
+
+
+class _OneLineWorkerErrors:
+    """Iterator wrapper: bad input met in a loader worker (ValueError, OSError, e.g. a corrupt
+    record) is raised again in the main process with the worker's one-line message only."""
+
+    def __init__(self, iterator):
+        self.iterator = iterator
+
+    def __iter__(self):
+        return self
+
+    def __len__(self) -> int:
+        return len(self.iterator)
+
+    def __next__(self):
+        try:
+            return next(self.iterator)
+        except (ValueError, OSError) as error:
+            line = worker_error_line(error)
+            if line is None:
+                raise
+            try:
+                replacement = type(error)(line)
+            except TypeError:
+                replacement = ValueError(line)
+            raise replacement from None
+
+
+class OneLineErrorLoader(DataLoader):
+    """DataLoader whose worker errors on bad data end as one line (see _OneLineWorkerErrors)."""
+
+    def __iter__(self):
+        return _OneLineWorkerErrors(super().__iter__())
+
+
 def seed_worker(worker_id: int) -> None:
     """One decode thread per worker; python/numpy RNGs from the per-worker torch seed."""
     cv2.setNumThreads(1)
@@ -125,7 +170,7 @@ def build_loader(dataset, batch_size: int, rank: int, world_size: int, seed: int
     if start:
         sampler.set_start(start)
     generator = torch.Generator().manual_seed(seed + rank)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+    loader = OneLineErrorLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                         collate_fn=BatchCollator(per_sample_arrays), pin_memory=torch.cuda.is_available(),
                         drop_last=drop_last, persistent_workers=num_workers > 0,
                         worker_init_fn=seed_worker, generator=generator,

@@ -13,6 +13,7 @@ from backbones.iresnet import IRESNET_LAYERS, iresnet
 from backbones.mobilefacenet import MOBILEFACENET_SIZES, mobilefacenet
 from backbones.tiny import tiny
 from backbones.vit import VIT_ALIASES, VIT_SIZES, vision_transformer
+from utils.checkpoint import one_line_reason
 
 _BUILDERS: Dict[str, Callable[..., nn.Module]] = {}
 for _name in IRESNET_LAYERS:
@@ -79,20 +80,38 @@ def backbone_weights(loaded: object, path: Union[str, Path]) -> Dict[str, torch.
     return loaded
 
 
+def read_backbone_weights(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    """The backbone state dict in the file at `path` (weights_only; any form `backbone_weights`
+    accepts)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone file not found: {path}")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # one line: torch's weights-only refusal spans many
+        raise ValueError(f"{path}: not a readable torch state dict ({one_line_reason(error)})") from None
+    return backbone_weights(loaded, path)
+
+
+def infer_num_features(state_dict: Dict[str, torch.Tensor], path: Union[str, Path]) -> int:
+    """Embedding size = output size of the last weight or bias in the state dict (the final
+    Linear or BatchNorm1d of every backbone here and in insightface)."""
+    for name in reversed(list(state_dict)):
+        value = state_dict[name]
+        if value.ndim in (1, 2) and name.endswith((".weight", ".bias")):
+            return int(value.shape[0])
+    raise ValueError(f"{path}: cannot infer the embedding size (no weight or bias tensor); "
+                     f"pass --num-features")
+
+
 def load_backbone(path: Union[str, Path], name: str, num_features: int,
                   device: Union[str, torch.device] = "cpu", **kw) -> nn.Module:
     """Build `name` and load the backbone weights at `path` (weights_only; see
     `backbone_weights` for the accepted forms). A file written for another network or feature
     size raises ValueError naming the file and the keys."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone file not found: {path}")
+    state_dict = read_backbone_weights(path)
     model = get_model(name, num_features, **kw)
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path}: not a readable torch state dict ({error})") from None
-    state_dict = backbone_weights(loaded, path)
     mismatch = _describe_mismatch(model, state_dict)
     if mismatch:
         raise ValueError(f"{path} does not fit network {name!r} with num_features={num_features}: "

@@ -1,9 +1,11 @@
 """Raw IJB embeddings of one model: aligned faces from DataLoader workers, batched forward of
 each image and its horizontal flip, and the per-model cache (tools/ijbc_eval/cache.py).
 
-The forward runs on an inference copy of the backbone: BatchNorm folded into the convolution
+A .pt model runs on an inference copy of the backbone: BatchNorm folded into the convolution
 before it and channels_last memory layout (oneDNN and cuDNN convolutions are faster in it);
-embeddings agree with the plain backbone to float32 rounding (~1e-6 relative)."""
+embeddings agree with the plain backbone to float32 rounding (~1e-6 relative). A .onnx model
+(tools/export_onnx.py) runs in onnxruntime, its network and embedding size read from the file,
+so the deployed artefact is the one measured."""
 from __future__ import annotations
 
 import copy
@@ -18,7 +20,8 @@ from torch import fx, nn
 from torch.fx.experimental.optimization import fuse as fuse_conv_batchnorm
 from torch.utils.data import DataLoader, Dataset
 
-from backbones import load_backbone
+from backbones import infer_num_features, load_backbone, read_backbone_weights
+from backbones.onnx_export import OnnxBackbone
 from tools.ijbc_eval.alignment import similarity_transforms, warp_face
 from tools.ijbc_eval.cache import (cache_file, embedding_cache_key, image_fingerprint,
                                    load_cached_embeddings, save_cached_embeddings)
@@ -49,29 +52,6 @@ class ModelEmbeddings:
     from_cache: bool
 
 
-def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path}: not a readable torch state dict ({error})") from None
-    if not isinstance(state_dict, dict) or not state_dict:
-        raise ValueError(f"{path}: expected a backbone state dict (name -> tensor)")
-    return state_dict
-
-
-def infer_num_features(state_dict: Dict[str, torch.Tensor], path: Path) -> int:
-    """Embedding size = output size of the last weight or bias in the state dict (the final
-    Linear or BatchNorm1d of every backbone in backbones/)."""
-    for name in reversed(list(state_dict)):
-        value = state_dict[name]
-        if torch.is_tensor(value) and value.ndim in (1, 2) and name.endswith((".weight", ".bias")):
-            return int(value.shape[0])
-    raise ValueError(f"{path}: cannot infer the embedding size (no weight or bias tensor); "
-                     f"pass --num-features")
-
-
 class AlignedFaceDataset(Dataset):
     """Item i: {'image': uint8 [3, 112, 112] RGB aligned face of image i}."""
 
@@ -99,6 +79,10 @@ def _single_threaded_opencv(_worker_id: int) -> None:
     cv2.setNumThreads(1)  # workers already run in parallel; OpenCV threads would oversubscribe
 
 
+def is_onnx_file(path) -> bool:
+    return Path(path).suffix.lower() == ".onnx"
+
+
 def inference_model(model: nn.Module) -> nn.Module:
     """Eval-mode copy of `model` for fast inference: each BatchNorm that only follows a
     convolution is folded into its weights (needs an fx trace; a model whose forward has
@@ -114,20 +98,23 @@ def inference_model(model: nn.Module) -> nn.Module:
 @torch.inference_mode()
 def embed_faces(model: nn.Module, dataset: Dataset, options: EmbeddingOptions,
                 description: str = "embedding"):
-    """(f(img), f(flip(img))) float32 [N, d] for every item of `dataset`, in order."""
+    """(f(img), f(flip(img))) float32 [N, d] for every item of `dataset`, in order. `model` is a
+    backbone or an `OnnxBackbone` (which runs in fp32: `options.amp` does not apply)."""
     device = torch.device(options.device)
     loader = DataLoader(dataset, batch_size=options.batch_size, shuffle=False,
                         num_workers=options.workers, pin_memory=device.type == "cuda",
                         worker_init_fn=_single_threaded_opencv if options.workers else None)
-    model = inference_model(model)
+    is_torch = isinstance(model, nn.Module)
+    forward = inference_model(model) if is_torch else model
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     progress = ProgressReporter(len(dataset), description, unit="img")
     embeddings, flip_embeddings = [], []
     for batch in loader:
-        images = to_device(batch, device, channels_last=True)["image"]
+        images = to_device(batch, device if is_torch else torch.device("cpu"),
+                           channels_last=is_torch)["image"]
         # one forward for both views: eval-mode layers treat samples independently
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=options.amp):
-            outputs = model(torch.cat([images, torch.flip(images, dims=[3])])).float()
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=options.amp and is_torch):
+            outputs = forward(torch.cat([images, torch.flip(images, dims=[3])])).float()
         embeddings.append(outputs[:len(images)].cpu())
         flip_embeddings.append(outputs[len(images):].cpu())
         progress.update(len(images))
@@ -139,15 +126,23 @@ def model_embeddings(model_path, network: str, protocol: VerificationProtocol,
                      options: EmbeddingOptions, num_features: Optional[int] = None,
                      label: str = "model") -> ModelEmbeddings:
     """Raw embeddings of `model_path` on the protocol's images, from the cache when it holds
-    them for exactly this model file, network, feature size, image list and settings."""
+    them for exactly this model file, network, feature size, image list and settings. For a
+    .onnx file `network` and `num_features` are read from the file."""
     model_path = Path(model_path)
-    state_dict = read_state_dict(model_path)
-    if num_features is None:
-        num_features = infer_num_features(state_dict, model_path)
-    del state_dict
+    onnx_model, amp = None, options.amp
+    if is_onnx_file(model_path):
+        onnx_model = OnnxBackbone(model_path, options.device)
+        if num_features is not None and int(num_features) != onnx_model.num_features:
+            raise ValueError(f"{model_path}: the file's embeddings have {onnx_model.num_features} "
+                             f"features, --num-features says {num_features}")
+        if network != onnx_model.network:
+            print(f"{label}: network {onnx_model.network} (read from {model_path.name})", flush=True)
+        network, num_features, amp = onnx_model.network, onnx_model.num_features, False
+    elif num_features is None:
+        num_features = infer_num_features(read_backbone_weights(model_path), model_path)
     sha256 = file_sha256(model_path)
     key = embedding_cache_key(sha256, network, num_features, protocol.subset,
-                              protocol.image_list_sha256, protocol.num_images, options.amp,
+                              protocol.image_list_sha256, protocol.num_images, amp,
                               image_fingerprint(protocol.image_dir, protocol.image_names))
     path = cache_file(options.cache_dir, key) if options.cache_dir is not None else None
     if path is not None and not options.force_reload:
@@ -156,7 +151,8 @@ def model_embeddings(model_path, network: str, protocol: VerificationProtocol,
             print(f"{label}: embeddings of {model_path} from cache {path}", flush=True)
             return ModelEmbeddings(model_path, network, num_features, sha256, *cached, from_cache=True)
         print(f"{label}: {reason}; embedding {protocol.num_images} images", flush=True)
-    model = load_backbone(model_path, network, num_features, device=options.device)
+    model = (onnx_model if onnx_model is not None
+             else load_backbone(model_path, network, num_features, device=options.device))
     dataset = AlignedFaceDataset(protocol.image_dir, protocol.image_names, protocol.landmarks)
     embeddings, flip_embeddings = embed_faces(model, dataset, options,
                                               description=f"{label} {network} embedding")

@@ -4,6 +4,7 @@ against an old backbone (cross-test: old gallery / first pair template, new prob
     python tools/ijbc_eval/ijbc_eval.py -m NEW.pt -net r50 -d dataset                # 1:1
     python tools/ijbc_eval/ijbc_eval.py -m NEW.pt -net r50 -d dataset -N             # 1:N
     python tools/ijbc_eval/ijbc_eval.py -m NEW.pt -net r50 -m_old OLD.pt -old_net r18 [-N]
+    python tools/ijbc_eval/ijbc_eval.py -m NEW.onnx -m_old OLD.onnx [-N]          # exported models
     python tools/ijbc_eval/ijbc_eval.py -P results/x/*.npz                          # re-plot
 
 Pipeline N0D1F1 (docs: evaluation.md): 5-point similarity alignment to 112x112, embedding
@@ -79,7 +80,9 @@ def embedding_options(args) -> EmbeddingOptions:
 def parse_arguments(argv=None) -> argparse.Namespace:
     # strict: no option is taken for a prefix of another (`-o DIR` is not `-old_net DIR`)
     parser = StrictArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-m", "--model", type=Path, help="new backbone state dict (model.pt)")
+    parser.add_argument("-m", "--model", type=Path,
+                        help="new backbone: state dict (model.pt) or ONNX file from "
+                             "tools/export_onnx.py (model.onnx: network read from the file)")
     parser.add_argument("-net", "--network", default="r50", help="network of -m (backbones.get_model)")
     parser.add_argument("-m_old", "--model_old", type=Path, default=None,
                         help="old backbone state dict: turns the run into a cross-test")
@@ -174,9 +177,9 @@ def evaluate(args) -> None:
         "test": "cross" if old is not None else "self", "subset": args.subset,
         "protocol": "1:N" if args.is_one_2_N else "1:1", "data_path": str(args.data_path),
         "variants": [v.name for v in variants], "amp": args.amp,
-        "new_model": {"path": str(args.model), "network": args.network,
+        "new_model": {"path": str(args.model), "network": new.network,
                       "num_features": new.num_features, "sha256": new.model_sha256},
-        "old_model": None if old is None else {"path": str(args.model_old), "network": args.old_network,
+        "old_model": None if old is None else {"path": str(args.model_old), "network": old.network,
                                                "num_features": old.num_features, "sha256": old.model_sha256}}
     extra_arrays = {}
     if args.save_embeddings:

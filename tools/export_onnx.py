@@ -1,0 +1,91 @@
+"""Export a backbone to ONNX for deployment (as insightface's torch2onnx.py does), and check in
+onnxruntime that the file computes the embeddings PyTorch computes before it is written.
+
+    python tools/export_onnx.py MODEL.pt -net NAME [--num-features D] [-o OUT.onnx] [--dynamic-batch]
+
+MODEL.pt: a backbone state dict (ours or insightface's, `module.`-prefixed or not) or an
+insightface checkpoint holding `state_dict_backbone`. Default output: MODEL.onnx beside it.
+The graph takes `data` float32 [B, 3, 112, 112] RGB normalised to (x - 127.5) / 127.5 and
+returns `embedding` [B, d]; B is 1 unless --dynamic-batch. The network name and embedding size
+are stored in the file, so `tools/ijbc_eval/ijbc_eval.py -m OUT.onnx` reads them from it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from backbones import infer_num_features, load_backbone, read_backbone_weights  # noqa: E402
+from backbones.onnx_export import (DEFAULT_OPSET, IMAGE_SHAPE, OnnxBackbone,  # noqa: E402
+                                   export_backbone, write_onnx)
+from utils.artifacts import file_sha256  # noqa: E402
+from utils.cli import StrictArgumentParser  # noqa: E402
+from utils.progress import run_tool  # noqa: E402
+
+# the parity the export must reach on random faces, else nothing is written; the difference is
+# taken relative to the embedding scale when that exceeds 1 (untrained networks in eval mode
+# give embeddings of 1e6 and more, where float32 rounding alone exceeds 1e-4)
+MAX_DIFFERENCE, MIN_COSINE = 1e-4, 0.99999
+CHECK_FACES = 8
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = StrictArgumentParser(description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, help="backbone weights (model.pt)")
+    parser.add_argument("-net", "--network", required=True, help="network name (backbones.get_model)")
+    parser.add_argument("--num-features", type=int, default=None,
+                        help="embedding size (default: read from the weights)")
+    parser.add_argument("-o", "--output", type=Path, default=None,
+                        help="ONNX file to write (default: MODEL with suffix .onnx)")
+    parser.add_argument("--dynamic-batch", action="store_true",
+                        help="any batch size (default: batch 1, as insightface exports)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
+    return parser.parse_args(argv)
+
+
+def parity(reference: torch.Tensor, exported: torch.Tensor):
+    """(max abs difference, the same over max(1, largest |reference|), smallest cosine
+    similarity) between two [B, d] embedding batches."""
+    cosine = torch.nn.functional.cosine_similarity(reference.double(), exported.double(), dim=1)
+    difference = float((reference - exported).abs().max())
+    return difference, difference / max(1.0, float(reference.abs().max())), float(cosine.min())
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    output = args.output if args.output is not None else args.model.with_suffix(".onnx")
+    if output.resolve() == args.model.resolve():
+        raise ValueError(f"-o {output} would overwrite the model it is exported from")
+    num_features = args.num_features
+    if num_features is None:
+        num_features = infer_num_features(read_backbone_weights(args.model), args.model)
+    model = load_backbone(args.model, args.network, num_features).eval()
+    serialised = export_backbone(model, args.network, num_features, file_sha256(args.model),
+                                 args.dynamic_batch, args.opset)
+
+    exported = OnnxBackbone(output, serialised=serialised)
+    faces = torch.rand(CHECK_FACES, *IMAGE_SHAPE, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        reference = model(faces)
+    max_difference, scaled_difference, min_cosine = parity(reference, exported(faces))
+    if not (np.isfinite(scaled_difference) and scaled_difference < MAX_DIFFERENCE
+            and min_cosine > MIN_COSINE):
+        raise ValueError(f"{args.model}: the ONNX graph differs from PyTorch on {CHECK_FACES} random "
+                         f"faces (max abs {max_difference:.3g}, relative to the embedding scale "
+                         f"{scaled_difference:.3g}, cosine {min_cosine:.7f}); not written")
+    write_onnx(output, serialised)
+    print(f"{output}: {args.network}, {num_features}-d, batch "
+          f"{'dynamic' if args.dynamic_batch else 1}, opset {args.opset}; onnxruntime vs PyTorch on "
+          f"{CHECK_FACES} random faces: max abs {max_difference:.2e}, min cosine {min_cosine:.8f}",
+          flush=True)
+    return output
+
+
+if __name__ == "__main__":
+    run_tool(main)

@@ -52,7 +52,7 @@ def test_single_process_run_learns_and_saves_plain_backbone(tmp_path, tiny_rec, 
     log = (output / "training.log").read_text()
     assert "[lfw] step 20 accuracy" in log and "[lfw] step 40 accuracy" in log
     assert (output / "config.json").is_file() and list((output / "tensorboard").iterdir())
-    checkpoint = torch.load(output / "checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(output / "checkpoint.pt", weights_only=True)
     assert (checkpoint["step"], checkpoint["epoch"], checkpoint["micro_step_in_epoch"]) == (40, 5, 0)
     assert tuple(checkpoint["head"]["weight"].shape) == (4, 32)
     printed = capsys.readouterr().out
@@ -78,7 +78,7 @@ def test_non_finite_loss_stops_with_one_line_and_debug_state(tmp_path, tiny_rec,
     assert stop.value.code == 1
     error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert error_lines and "non-finite loss at step 2 (terms classification=nan)" in error_lines[0]
-    debug = torch.load(output / "checkpoint_nonfinite.pt", weights_only=False)
+    debug = torch.load(output / "checkpoint_nonfinite.pt", weights_only=True)
     assert debug["step"] == 2 and tuple(debug["nonfinite"]["batch_index"].shape) == (4,)
 
 
@@ -154,7 +154,7 @@ def test_two_process_gloo_run(tmp_path, tiny_rec, script, method, launcher):
     state = torch.load(output / "model.pt", weights_only=True)
     model = load_backbone(output / "model.pt", "tiny", 32)
     assert set(state) == set(model.state_dict())
-    checkpoint = torch.load(output / "checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(output / "checkpoint.pt", weights_only=True)
     head_weight = "weight" if method == "arcface" else next(iter(checkpoint["head"]))
     assert checkpoint["head"][head_weight].shape[0] == 4  # the full head: every class, both shards
     assert len(checkpoint["per_rank"]) == 2

@@ -44,7 +44,7 @@ def kill_after_first_checkpoint(config, checkpoint, log_path):
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
     assert process.returncode == -signal.SIGKILL, log_path.read_text()[-2000:]
-    return torch.load(checkpoint, weights_only=False)["step"]
+    return torch.load(checkpoint, weights_only=True)["step"]
 
 
 @pytest.mark.parametrize("killed_workers, resumed_workers", [

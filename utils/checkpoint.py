@@ -167,7 +167,7 @@ def parameter_indices(optimizer: torch.optim.Optimizer, parameters: Sequence[nn.
     return [index for index, parameter in enumerate(_ordered_parameters(optimizer)) if id(parameter) in wanted]
 
 
-def _one_line_reason(error: Exception) -> str:
+def one_line_reason(error: Exception) -> str:
     """The line of a multi-line torch error that names what went wrong (for weights-only
     refusals: the global it refused)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -185,10 +185,10 @@ def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise ValueError(f"refusing checkpoint {path}: it holds more than tensors and plain values "
-                         f"({_one_line_reason(error)}); only checkpoints written by this library load") from None
+                         f"({one_line_reason(error)}); only checkpoints written by this library load") from None
     except Exception as error:
         raise ValueError(f"cannot read checkpoint {path}: {type(error).__name__}: "
-                         f"{_one_line_reason(error)}") from None
+                         f"{one_line_reason(error)}") from None
     if not isinstance(state, dict) or not {"backbone", "config", "per_rank"} <= set(state):
         raise ValueError(f"{path} is not a full-state checkpoint of this library (no backbone, config "
                          f"and per-rank entries)")

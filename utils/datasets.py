@@ -97,10 +97,12 @@ class FaceRecDataset(Dataset):
         """The record read must be the one the .idx slot promises (its own label, and its id where
         this file's image ids are their keys): a stale or swapped index is refused, not trained on."""
         key, label = int(self.image_keys[index]), int(self.labels[index])
-        if getattr(self, "_ids_are_keys", None) is None:  # decided once, from the first image record
-            first_key = int(self.image_keys[0]) if len(self.image_keys) else None
-            self._ids_are_keys = first_key is not None and int(
-                self.reader.read_header_at(int(self.image_offsets[0])).id) == first_key
+        if getattr(self, "_ids_are_keys", None) is None:
+            # decided once, by the first, middle and last image records (one slot may be the swapped one)
+            samples = sorted({0, len(self.image_keys) // 2, len(self.image_keys) - 1})
+            matches = sum(int(self.reader.read_header_at(int(self.image_offsets[position])).id)
+                          == int(self.image_keys[position]) for position in samples)
+            self._ids_are_keys = 2 * matches > len(samples)
         stated = image_record_label(header)
         if stated != label or (self._ids_are_keys and int(header.id) != key):
             raise RecordIOError(f"{self.reader.rec_path}: the .idx slot of key {key} (offset {offset}) holds record "

@@ -40,7 +40,7 @@ from utils.face_rec import read_property
 from utils.loader import build_loader, to_device
 from utils.logging_utils import TrainingMonitor, setup_logger
 from utils.method import Method, Progress, TrainEnv
-from utils.run_folder import claim_output_folder, clear_previous_run, refuse_overwrite
+from utils.run_folder import claim_output_folder, clear_previous_run, refuse_overwrite, release_held_locks
 from utils.schedulers import build_lr_factor, build_scheduler
 from utils.verification import VerificationCallback
 
@@ -542,6 +542,7 @@ def train(method_class, argv: Optional[List[str]] = None) -> None:
         rank = os.environ.get("RANK", "0")
         prefix = f"[rank {rank}] " if os.environ.get("WORLD_SIZE", "1") != "1" else ""
         print(f"{prefix}error: {error}", file=sys.stderr, flush=True)
+        release_held_locks()
         cleanup()
         sys.exit(1)
     cleanup()

@@ -21,6 +21,7 @@ from typing import Optional
 from utils.atomic_files import describe_os_error
 
 LOCK_NAME = ".lock"
+_HELD_LOCKS: list = []   # this process's locks, released together when a run stops on an error
 RUN_FILES = ("model.pt", "checkpoint.pt", "checkpoint_nonfinite.pt", "config.json")
 RUN_FOLDERS = ("tensorboard",)
 
@@ -101,7 +102,8 @@ class OutputLock:
             with os.fdopen(descriptor, "w") as handle:
                 handle.write(json.dumps(self.owner) + "\n")
             self.held = True
-            atexit.register(self.release)
+            _HELD_LOCKS.append(self)
+            atexit.register(self.release, remove_empty_folder=True)
             return self
         raise ValueError(f"cannot take the lock {self.path}: other runs keep taking it")
 
@@ -109,6 +111,8 @@ class OutputLock:
         if not self.held:
             return
         self.held = False
+        if self in _HELD_LOCKS:
+            _HELD_LOCKS.remove(self)
         owner = self._read_owner()
         if owner and owner.get("pid") == self.owner["pid"] and owner.get("host") == self.owner["host"]:
             with contextlib.suppress(OSError):
@@ -116,6 +120,12 @@ class OutputLock:
         if remove_empty_folder and self.created_folder:
             with contextlib.suppress(OSError):
                 self.folder.rmdir()  # only when empty: a run refused at start-up leaves no trace
+
+
+def release_held_locks() -> None:
+    """Release every lock this process holds; a folder the run created and left empty goes too."""
+    for lock in list(_HELD_LOCKS):
+        lock.release(remove_empty_folder=True)
 
 
 def refuse_overwrite(folder) -> None:

@@ -15,8 +15,8 @@ Q_z ([K, num_local], float16): z_new . Q_z is a partial sum per rank, summed by 
 Quirks of the reference, reproduced by default: with fp16 the z logits are the s-scaled margin
 logits clamped to [-1, 1] (nccl_clamp_logits_quirk), and z_new reaches l2 through a gradient-free
 all_gather, so l2 is logged but trains nothing (nccl_logit_term_gradient = False).
-Data parallel: l1 and l2 are means over the local batch, so W ranks x B take the step of one
-process x W*B. The reference computes l1 through the Partial FC all-gather, whose backward
+Data parallel: l1 and l2 are means over the local batch whose gradients are scaled so that W
+ranks x B take the step of one process x W*B (backbone and classifier shards alike). The reference computes l1 through the Partial FC all-gather, whose backward
 multiplies by W: its l1 trains with weight alpha * W at W GPUs. nccl_reference_world_size_factor
 = True reproduces that (the MS1M-V3 grid configs set it; it changes nothing on one process).
 """
@@ -190,8 +190,14 @@ class NCCLMethod(Method):
                                                           positives, weights, temperature)
             keep_gradient = bool(self.cfg.nccl_logit_term_gradient)
             with torch.set_grad_enabled(keep_gradient and torch.is_grad_enabled()):
-                new_logits = self.queue_logits(head, all_gather_with_grad(embeddings.float()), global_labels)
+                new_logits = self.queue_logits(head, all_gather_with_grad(embeddings.float(), global_loss=True),
+                                               global_labels)
                 similarities = summed_over_shards(new_logits @ self.queue.logits.float().t(), keep_gradient)
+                if keep_gradient and get_world_size() > 1:
+                    # the all-reduce's backward sums every rank's l2 gradient into each class shard:
+                    # / W makes it the gradient of the global mean (one process); the gather above
+                    # gives the embeddings their W back
+                    similarities = scale_gradient(similarities, 1.0 / get_world_size())
             local_rows = slice(get_rank() * labels.shape[0], (get_rank() + 1) * labels.shape[0])
             logit_term = neighbourhood_consensus_loss(similarities[local_rows], positives, weights, temperature)
         total = classification + self.cfg.nccl_alpha * embedding_term + self.cfg.nccl_beta * logit_term

@@ -75,7 +75,8 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def write_random_artifacts(folder: Path, dataset, embedding_size: int, seed: int = 0) -> dict:
+def write_random_artifacts(folder: Path, dataset, embedding_size: int, seed: int = 0,
+                           credible_threshold: float = 0.9) -> dict:
     """Random old features for `dataset` and the artifacts derived from them by the tools' functions,
     each with its manifest; returns {config key: path}. Also used by the method tests."""
     rng = np.random.default_rng(seed)
@@ -89,7 +90,7 @@ def write_random_artifacts(folder: Path, dataset, embedding_size: int, seed: int
         return derived_manifest_fields(kind, "bench_methods", {}, paths["old_features"], feature_manifest)
     save_array_atomic(paths["class_prototypes"], class_prototypes(features, labels, dataset.num_classes),
                       **derived("class_prototypes"))
-    save_array_atomic(paths["credible_mask"], credible_mask(features, labels, 0.9, dataset.num_classes),
+    save_array_atomic(paths["credible_mask"], credible_mask(features, labels, credible_threshold, dataset.num_classes),
                       **derived("credible_mask"))
     save_npz_atomic(paths["class_meta"], class_meta(features, labels, dataset.num_classes), main_array="center",
                     **derived("class_meta"))

@@ -12,12 +12,12 @@ come from the image records.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
+from utils.atomic_files import atomic_write_text
 from utils.recordio import (IRHeader, PublishOnSuccess, RecordIOError, RecordIOReader, RecordIOWriter,
                             encode_image, pack)
 
@@ -85,9 +85,7 @@ def locate_rec(rec: Union[str, Path]) -> RecLocation:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)  # a temporary unique to this writer; one-line error on a full disk
 
 
 class FaceRecWriter(PublishOnSuccess):

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from utils.face_rec import (REC_NAME, FaceRecIndex, FaceRecWriter, is_rec_location,  # noqa: E402
                             read_property)
+from utils.cli import StrictArgumentParser  # noqa: E402
 from utils.progress import ProgressReporter, run_tool  # noqa: E402
 from utils.recordio import decode_bgr, unpack  # noqa: E402
 
@@ -142,8 +143,7 @@ def split_rec(input_dir, output_root, ratio: float, overwrite: bool = False,
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StrictArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", default="dataset/ms1m-retinaface-t1",
                         help="rec folder with train.rec, train.idx, property, or a prefix P with "
                              "P.rec and P.idx (default: dataset/ms1m-retinaface-t1, relative to "

@@ -360,7 +360,7 @@ def test_resume_on_other_data_is_refused(finished_run, tmp_path, capsys):
     config, output = finished_run
     other = write_tiny_rec(tmp_path / "other_rec", seed=3)  # same size and labels, other images and index
     error = refused(capsys, config, "--resume", "--set", f"rec='{other}'")
-    assert "rec " in error and "cannot resume" in error
+    assert "cannot resume" in error and "data set safety_rec" in error and "-> other_rec (32 images" in error
 
 
 def test_resume_with_a_harmless_change_continues(finished_run, capsys):

@@ -24,7 +24,8 @@ BASE_CONFIG = REPO_ROOT / "configs" / "base.py"
 # numeric keys where None means "off"
 NULLABLE_KEYS = ("clip_grad_norm",)
 # keys a resume may not change: they decide the data order or the shape of the model and its state
-RESUME_FIXED_KEYS = ("method", "rec", "synthetic", "num_image", "num_classes", "batch_size", "seed",
+# (the data set itself is compared by its fingerprint, so a moved but identical rec may resume)
+RESUME_FIXED_KEYS = ("method", "synthetic", "num_image", "num_classes", "batch_size", "seed",
                      "gradient_accumulation_steps", "network", "embedding_size", "head", "optimizer",
                      "old_features", "old_labels", "class_prototypes", "credible_mask", "class_meta",
                      "old_network", "old_embedding_size", "advbct_hidden", "nccl_queue_size")

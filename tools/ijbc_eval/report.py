@@ -4,7 +4,6 @@ temporary name and renamed."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Dict, Mapping, Sequence, Tuple
 
@@ -16,6 +15,7 @@ import numpy as np  # noqa: E402
 
 from tools.ijbc_eval.identification import FPIR_SHOWN, shown_rows  # noqa: E402
 from utils.artifacts import write_text_atomic  # noqa: E402
+from utils.atomic_files import atomic_write  # noqa: E402
 
 ROC_FARS_SHOWN = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -42,11 +42,11 @@ def write_json(path: Path, payload) -> None:
 
 
 def save_figure(figure, path: Path) -> None:
-    """Save as PNG under a temporary name, close the figure, rename onto `path`."""
-    temporary = path.with_name(f"{path.stem}.tmp-{os.getpid()}.png")
-    figure.savefig(temporary, dpi=120)
-    plt.close(figure)
-    os.replace(temporary, path)
+    """Save as PNG under a temporary name of this writer, close the figure, rename onto `path`."""
+    try:
+        atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=120))
+    finally:
+        plt.close(figure)
 
 
 def plot_roc(curves: Dict[str, Tuple[np.ndarray, np.ndarray, float]], path: Path, title: str) -> None:

@@ -34,6 +34,7 @@ from tools.ijbc_eval.pooling import (DEFAULT_VARIANT, Variant, template_features
 from tools.ijbc_eval.toy_protocol import write_toy_protocol  # noqa: E402
 from tools.ijbc_eval.protocol import load_verification_protocol  # noqa: E402
 from tools.ijbc_eval.verification import pair_scores, verification_metrics  # noqa: E402
+from tools.benchmark.devices import DEVICE_CHOICES, device_name, resolve_device  # noqa: E402
 
 IJBC_SIZES = {"images": 469_375, "templates": 23_124, "pairs": 15_658_489, "genuine": 19_557,
               "gallery_1": 1_772, "gallery_2": 1_759, "probes": 19_593, "medias": 140_000}
@@ -116,18 +117,17 @@ def time_scoring(data: dict) -> dict:
     return figures
 
 
-def embedding_throughput(network: str, num_images: int, batch_size: int, workers: int) -> float:
-    """Aligned images per second (reading, alignment and both forward passes) on the GPU when
-    there is one, else on the CPU."""
+def embedding_throughput(network: str, num_images: int, batch_size: int, workers: int,
+                         device: torch.device) -> float:
+    """Aligned images per second (reading, alignment and both forward passes) on `device`."""
     with tempfile.TemporaryDirectory() as folder:
         subjects = max(2, num_images // 4)
         write_toy_protocol(folder, num_subjects=subjects, templates_per_subject=2,
                            images_per_template=max(1, num_images // (2 * subjects)), image_size=250)
         protocol = load_verification_protocol(folder, "IJBC")
         dataset = AlignedFaceDataset(protocol.image_dir, protocol.image_names, protocol.landmarks)
-        model = get_model(network, 512).eval()
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        options = EmbeddingOptions(batch_size=batch_size, device=device, workers=workers)
+        model = get_model(network, 512).to(device).eval()   # the model lives where the images go
+        options = EmbeddingOptions(batch_size=batch_size, device=str(device), workers=workers)
         embed_faces(model, torch.utils.data.Subset(dataset, range(min(batch_size, len(dataset)))),
                     options, description=f"{network} warm-up")
         start = time.perf_counter()
@@ -143,7 +143,12 @@ def main(argv=None) -> int:
     parser.add_argument("--embed-images", type=int, default=512,
                         help="images for the tiny-net throughput (r50 uses a quarter; 0 skips)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for embedding")
+    parser.add_argument("--embed-networks", nargs="+", default=["tiny", "r50"], choices=["tiny", "r50"],
+                        help="networks whose embedding throughput is measured")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                        help="where the embedding throughput is measured (auto: cuda when available)")
     args = parser.parse_args(argv)
+    device = resolve_device(args.device)
     if args.scale <= 0 or args.dim <= 0:
         parser.error("--scale and --dim must be positive")
 
@@ -165,10 +170,13 @@ def main(argv=None) -> int:
     if args.embed_images > 0:
         for network, count, batch in (("tiny", args.embed_images, 128),
                                       ("r50", max(4, args.embed_images // 4), 32)):
-            rate = embedding_throughput(network, count, batch, args.workers)
+            if network not in args.embed_networks:
+                continue
+            rate = embedding_throughput(network, count, batch, args.workers, device)
             results[f"embed_{network}_images_per_s"] = round(rate, 2)
-            print(f"embedding {network}: {rate:.1f} aligned images/s "
-                  f"({'GPU' if torch.cuda.is_available() else 'CPU'}, image + flip)", flush=True)
+            print(f"embedding {network}: {rate:.1f} aligned images/s ({device_name(device)}, image + flip)",
+                  flush=True)
+        results["embed_device"] = device_name(device)
     print(json.dumps(results))
     return 0
 

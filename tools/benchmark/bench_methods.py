@@ -40,6 +40,7 @@ from utils.config import load_config  # noqa: E402
 from utils.datasets import SyntheticDataset  # noqa: E402
 from utils.method import Progress, TrainEnv  # noqa: E402
 from utils.plain_methods import ArcFaceMethod  # noqa: E402
+from tools.benchmark.devices import DEVICE_CHOICES, device_name, resolve_device, synchronise  # noqa: E402
 from utils.old_artifacts import class_meta, class_prototypes, credible_mask  # noqa: E402
 
 METHODS = {"arcface": ArcFaceMethod, "L2": L2Method, "BCT": BCTMethod, "UniBCT": UniBCTMethod,
@@ -63,16 +64,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--refine-scale", type=float, default=None,
                         help="fraction of the class70 class/image counts for the refinement timing "
                              "(default 1.0 on CUDA, 0.02 on the CPU); 0 skips it")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                        help="where to run (auto: cuda when available); fp16 on the CPU emulates the CUDA path")
+    parser.add_argument("--images-per-class", type=int, default=4,
+                        help="rows of the random old-feature artifacts per class (>= 2 for AdvBCT's class meta)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.rounds < 1 or args.warmup < 0:
         parser.error("--steps and --rounds must be >= 1, --warmup >= 0")
     return args
-
-
-def synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def write_random_artifacts(folder: Path, dataset, embedding_size: int, seed: int = 0,
@@ -123,7 +122,7 @@ class MethodSteps:
         self.optimizer = torch.optim.SGD(parameters, lr=0.01, momentum=0.9)
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.precision)
         self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-        self.scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler(device.type) if args.precision == "fp16" else None
         generator = torch.Generator(device="cpu").manual_seed(1)
         size, dim = args.batch_size, args.embedding_size
         self.batch = {
@@ -189,15 +188,12 @@ def time_refinement(scale: float, embedding_size: int, device: torch.device) -> 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    device_name = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device_name)
-    if args.precision == "fp16" and device.type != "cuda":
-        raise SystemExit("bench_methods.py: error: --precision fp16 needs CUDA")
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     methods = ["arcface"] + [name for name in args.methods if name != "arcface"]
-    # four images per class: enough for prototypes, masks and class meta
-    dataset = SyntheticDataset(num_image=4 * args.num_classes, num_classes=args.num_classes)
-    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    # a few images per class: enough for prototypes, masks and class meta (only their rows are read)
+    dataset = SyntheticDataset(num_image=args.images_per_class * args.num_classes, num_classes=args.num_classes)
+    results = {"device": device_name(device),
                "network": args.network, "batch_size": args.batch_size, "precision": args.precision,
                "num_classes": args.num_classes, "step_ms": {}, "ratio_to_arcface": {}}
     with tempfile.TemporaryDirectory() as folder:

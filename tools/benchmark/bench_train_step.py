@@ -31,6 +31,7 @@ from utils.engine import autocast_and_scaler, build_optimizer  # noqa: E402
 from utils.flops import count_flops  # noqa: E402
 from utils.loader import to_device  # noqa: E402
 from utils.method import TrainEnv  # noqa: E402
+from tools.benchmark.devices import DEVICE_CHOICES, device_name, resolve_device, synchronise  # noqa: E402
 
 # dense tensor-core peaks of the H100 SXM (the H200 has the same compute), TFLOP/s
 H100_PEAK_TFLOPS = {"fp16": 989.0, "bf16": 989.0, "fp32": 67.0}
@@ -43,7 +44,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="images per step (default 32 CPU, 128 GPU)")
     parser.add_argument("--num-classes", type=int, default=1000, help="classes of the Partial FC head")
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
-                        help="autocast precision (fp16 falls back to fp32 on CPU)")
+                        help="autocast precision; fp16 on the CPU runs the CUDA recipe's fp16 autocast + "
+                             "GradScaler path there (an emulation for checks, not a speed figure)")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                        help="where to run (auto: cuda when available)")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
@@ -60,14 +64,15 @@ def peak_tflops(device: torch.device, precision: str):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     network = args.network or ("r50" if device.type == "cuda" else "tiny")
     batch_size = args.batch_size or (128 if device.type == "cuda" else 32)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     cfg = load_config(BASE_CONFIG, [f"network={network!r}", f"embedding_size={args.embedding_size}",
                                     f"fp16={args.precision == 'fp16'}", f"bf16={args.precision == 'bf16'}",
-                                    f"batch_size={batch_size}", f"num_classes={args.num_classes}"])
+                                    f"batch_size={batch_size}", f"num_classes={args.num_classes}",
+                                    f"amp_on_cpu={device.type == 'cpu'}"])
     env = TrainEnv(0, 1, 0, device, args.num_classes, batch_size)
     backbone = get_model(network, args.embedding_size).to(device)
     forward_flops = count_flops(backbone, (1, 3, 112, 112)) + 2 * args.embedding_size * args.num_classes
@@ -81,6 +86,7 @@ def main(argv=None) -> int:
     labels = torch.randint(0, args.num_classes, (batch_size,), device=device)
 
     def train_step() -> None:
+        # the engine's order (utils/engine.Trainer._optimizer_step): unscale, clip, step, update
         batch = to_device({"image": images}, device, args.channels_last)
         with autocast():
             loss = head(model(batch["image"]), labels)
@@ -95,28 +101,24 @@ def main(argv=None) -> int:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def synchronize() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     for _ in range(args.warmup):
         train_step()
-    synchronize()
+    synchronise(device)
     start = time.perf_counter()
     for _ in range(args.steps):
         train_step()
-    synchronize()
+    synchronise(device)
     step_seconds = (time.perf_counter() - start) / args.steps
     tflops = 3 * forward_flops * batch_size / step_seconds / 1e12
     peak = peak_tflops(device, args.precision)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    result = {"benchmark": "train_step", "device": device_name, "network": network, "batch_size": batch_size,
+    name = device_name(device)
+    result = {"benchmark": "train_step", "device": name, "network": network, "batch_size": batch_size,
               "num_classes": args.num_classes, "embedding_size": args.embedding_size, "precision": args.precision,
               "channels_last": args.channels_last, "compile": args.compile,
               "images_per_second": round(batch_size / step_seconds, 2), "step_ms": round(step_seconds * 1e3, 3),
               "achieved_tflops": round(tflops, 4), "peak_tflops": peak,
               "peak_fraction": round(tflops / peak, 4) if peak else None}
-    print(f"{network} batch {batch_size} {args.precision} on {device_name}: {result['step_ms']:.1f} ms/step, "
+    print(f"{network} batch {batch_size} {args.precision} on {name}: {result['step_ms']:.1f} ms/step, "
           f"{result['images_per_second']:.1f} img/s, {tflops:.3f} TFLOP/s"
           + (f" ({100 * tflops / peak:.1f}% of {peak:.0f})" if peak else ""))
     print(json.dumps(result))

@@ -53,6 +53,9 @@ def test_gpu_profile_runs_every_benchmark_on_the_cpu(tmp_path):
         assert entry["status"] == "ok" and entry["results"], name
     assert benchmarks["train_step"]["results"]["precision"] == "fp16"
     assert benchmarks["train_step"]["results"]["images_per_second"] > 0
+    engine = benchmarks["engine"]["results"]
+    assert engine["finite"] and engine["checkpoint_written"] and engine["precision"] == "fp16"
+    assert engine["grad_scale"] is not None and engine["images_per_second"] > 0
     methods = benchmarks["methods"]["results"]
     assert set(methods["ratio_to_arcface"]) == {"arcface", "L2", "BCT", "UniBCT", "NCCL", "AdvBCT", "MixBCT"}
     assert methods["precision"] == "fp16" and methods["refine_seconds"] > 0

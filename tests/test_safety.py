@@ -236,7 +236,13 @@ def small_disk(tmp_path):
     try:
         yield mount_point
     finally:
-        subprocess.run(["umount", str(mount_point)], capture_output=True)
+        import logging
+        from utils.logging_utils import LOGGER_NAME
+        for handler in list(logging.getLogger(LOGGER_NAME).handlers):  # training.log is open on the disk
+            logging.getLogger(LOGGER_NAME).removeHandler(handler)
+            handler.close()
+        if subprocess.run(["umount", str(mount_point)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
 
 
 def test_disk_full_ends_with_one_line_and_no_temporary(tmp_path, tiny_rec, small_disk, capsys, monkeypatch,

@@ -28,7 +28,7 @@ FINGERPRINT_SAMPLE = 256   # crops whose whole bytes enter the fingerprint, spre
 def image_fingerprint(image_dir, image_names: Sequence[str], sample: int = FINGERPRINT_SAMPLE) -> str:
     """sha256 over (name, size, mtime) of every image and the bytes of `sample` images spread evenly
     over the list: a crop replaced, re-encoded or touched changes it. Stat-only for the rest keeps it
-    at about a second for IJB-C's 469k crops on a warm file system."""
+    at a few seconds for IJB-C's 469k crops on a warm file system (0.12 s per 20k crops measured)."""
     image_dir = Path(image_dir)
     digest = hashlib.sha256(f"images:{len(image_names)}:".encode())
     for name in image_names:

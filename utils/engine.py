@@ -37,7 +37,7 @@ from utils.distributed import (all_gather_no_grad, all_reduce_sum, average_gradi
                                broadcast_parameters, cleanup, gather_objects, init_distributed, remove_launcher_args)
 from utils.datasets import FaceRecDataset, build_dataset
 from utils.face_rec import read_property
-from utils.loader import build_loader, to_device
+from utils.loader import OneLineErrorLoader, build_loader, to_device
 from utils.logging_utils import TrainingMonitor, setup_logger
 from utils.method import Method, Progress, TrainEnv
 from utils.run_folder import claim_output_folder, clear_previous_run, refuse_overwrite, release_held_locks
@@ -396,9 +396,9 @@ class Trainer:
         per_rank = math.ceil(len(indices) / self.world_size)
         mine = indices[self.rank * per_rank:(self.rank + 1) * per_rank].tolist()
         features = torch.zeros(per_rank, self.cfg.embedding_size, dtype=torch.float32, device=self.device)
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.dataset, mine),
-                                             batch_size=batch_size or self.cfg.batch_size, shuffle=False,
-                                             num_workers=self.cfg.num_workers)
+        loader = OneLineErrorLoader(torch.utils.data.Subset(self.dataset, mine),
+                                    batch_size=batch_size or self.cfg.batch_size, shuffle=False,
+                                    num_workers=self.cfg.num_workers)
         backbone = unwrap(self.backbone)
         was_training = backbone.training
         backbone.eval()

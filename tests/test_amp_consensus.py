@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.training_fixtures import (run, single_thread, tiny_training_keys, torchrun_command,  # noqa: E402
+from tests.training_fixtures import (launch_with_torchrun, single_thread, tiny_training_keys,  # noqa: E402
                                      write_config, write_tiny_rec)
 
 pytestmark = [pytest.mark.distributed]
@@ -111,8 +111,7 @@ def train_cases(folder: Path) -> None:
 def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("amp_consensus")
     write_cases(folder)
-    result = run(torchrun_command("tests/test_amp_consensus.py", [str(folder)], port=29673), timeout=400)
-    assert result.returncode == 0, f"fp16 runs failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    launch_with_torchrun("tests/test_amp_consensus.py", folder, port=29673)
     return folder
 
 

@@ -15,14 +15,13 @@ test runs the real CLI (train_old_arc.py) for two whole epochs under torchrun an
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.training_fixtures import (run, single_thread, tiny_training_keys, torchrun_command,  # noqa: E402
-                                     write_config, write_tiny_rec)
+from tests.training_fixtures import (launch_with_torchrun, run, single_thread, tiny_training_keys,  # noqa: E402
+                                     torchrun_command, write_config, write_tiny_rec)
 
 pytestmark = [pytest.mark.distributed]
 
@@ -94,8 +93,7 @@ def train_cases(folder: Path, side: str) -> None:
 def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ddp_step")
     write_cases(folder)
-    result = run(torchrun_command("tests/test_ddp_step.py", [str(folder)], port=29641), timeout=400)
-    assert result.returncode == 0, f"two-rank runs failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    launch_with_torchrun("tests/test_ddp_step.py", folder, port=29641)
     with single_thread():
         train_cases(folder, "single")
     return folder

@@ -82,6 +82,12 @@ def run(command: Sequence[str], timeout: int = 120) -> subprocess.CompletedProce
                           cwd=str(REPO_ROOT))
 
 
+def launch_with_torchrun(script: str, folder: Path, port: int, timeout: int = 400) -> None:
+    """Run `script FOLDER` under torchrun with 2 gloo processes; fail the test with its output's tail."""
+    result = run(torchrun_command(script, [str(folder)], port=port), timeout=timeout)
+    assert result.returncode == 0, f"{script} under torchrun failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
 @contextlib.contextmanager
 def single_thread():
     """In-process training runs: one thread (like the subprocesses), global determinism flag restored."""

@@ -144,7 +144,10 @@ def test_magic_split_round_trip_and_unaligned_magic(tmp_path):
 def test_writer_renames_on_close_and_aborts_on_error(tmp_path):
     writer = RecordIOWriter(tmp_path / "a.rec", tmp_path / "a.idx")
     writer.write_idx(1, b"abc")
-    assert not (tmp_path / "a.rec").exists() and (tmp_path / "a.rec.tmp").exists()
+    # until close() the records are in temporaries unique to this writer
+    assert not (tmp_path / "a.rec").exists()
+    assert [path.name.startswith((".a.rec.", ".a.idx.")) and path.name.endswith(".tmp")
+            for path in tmp_path.iterdir()] == [True, True]
     writer.close()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a.idx", "a.rec"]
     with pytest.raises(KeyError):

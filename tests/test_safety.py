@@ -520,3 +520,22 @@ def test_rng_state_stores_and_restores_only_the_ranks_device(monkeypatch):
     assert cpu_state["cuda"] is None
     set_rng_state(state, torch.device("cpu"))  # a GPU checkpoint resumed on the CPU: CUDA state ignored
     assert len(calls) == 2
+
+
+def test_rec_writer_on_a_full_disk_leaves_nothing(tmp_path, small_disk, monkeypatch):
+    """The RecordIO writer behind the split tool and the synthetic data: one line, no temporary."""
+    from utils.atomic_files import WriteError
+    from utils.face_rec import FaceRecWriter
+    if small_disk is None:
+        def full_disk(_descriptor):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr("utils.recordio.os.fsync", full_disk)
+        output = tmp_path / "rec"
+    else:
+        output = small_disk / "rec"
+    payload = cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (112, 112, 3), dtype=np.uint8))[1]
+    with pytest.raises(WriteError, match=r"no space left on device while writing .*train\.rec"):
+        with FaceRecWriter(output) as writer:
+            for _ in range(40):  # 40 x ~38 KB: more than the 512 KiB disk
+                writer.add(0, payload.tobytes())
+    assert list(output.iterdir()) == []

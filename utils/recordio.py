@@ -22,6 +22,8 @@ from typing import Iterator, List, Optional, Tuple
 import cv2
 import numpy as np
 
+from utils.atomic_files import WriteError, describe_os_error, unique_temporary
+
 # Images are decoded in data-loader workers forked from the main process. An OpenCV thread
 # pool started in the parent deadlocks those children, so OpenCV stays single-threaded everywhere.
 cv2.setNumThreads(1)
@@ -412,17 +414,28 @@ class PublishOnSuccess:
 
 
 class RecordIOWriter(PublishOnSuccess):
-    """Appends records to `<rec>.tmp` (and `<idx>.tmp`); `close()` renames them into place."""
+    """Appends records to temporaries beside the rec (and idx), unique to this writer; `close()`
+    renames them into place. A failed write (disk full) removes them and raises one-line WriteError."""
 
     def __init__(self, rec_path, idx_path=None):
         self.rec_path = Path(rec_path)
         self.idx_path = Path(idx_path) if idx_path is not None else None
-        self._rec_tmp = self.rec_path.with_name(self.rec_path.name + ".tmp")
-        self._idx_tmp = self.idx_path.with_name(self.idx_path.name + ".tmp") if self.idx_path else None
-        self._rec_file = open(self._rec_tmp, "wb")
-        self._idx_file = open(self._idx_tmp, "w", newline="\n") if self._idx_tmp else None
+        self._rec_file = self._idx_file = self._rec_tmp = self._idx_tmp = None
         self._position = 0
         self.closed = False
+        try:
+            descriptor, self._rec_tmp = unique_temporary(self.rec_path)
+            self._rec_file = os.fdopen(descriptor, "wb")
+            if self.idx_path is not None:
+                descriptor, self._idx_tmp = unique_temporary(self.idx_path)
+                self._idx_file = os.fdopen(descriptor, "w", newline="\n")
+        except OSError as error:
+            self._fail(error)
+
+    def _fail(self, error: OSError):
+        """Remove the temporaries, then raise the one-line WriteError for `error`."""
+        self.abort()
+        raise WriteError(describe_os_error(error, self.rec_path)) from None
 
     def tell(self) -> int:
         return self._position
@@ -433,7 +446,10 @@ class RecordIOWriter(PublishOnSuccess):
             raise RecordIOError(f"{self.rec_path}: writer is closed")
         offset = self._position
         framed = frame_record(bytes(record))
-        self._rec_file.write(framed)
+        try:
+            self._rec_file.write(framed)
+        except OSError as error:
+            self._fail(error)
         self._position += len(framed)
         return offset
 
@@ -441,22 +457,28 @@ class RecordIOWriter(PublishOnSuccess):
         if self._idx_file is None:
             raise RecordIOError(f"{self.rec_path}: write_idx needs an idx_path")
         offset = self.write(record)
-        self._idx_file.write(f"{key}\t{offset}\n")
+        try:
+            self._idx_file.write(f"{key}\t{offset}\n")
+        except OSError as error:
+            self._fail(error)
         return offset
 
     def close(self) -> None:
         """Flush and rename the temporary files into place."""
         if self.closed:
             return
+        try:
+            for handle in (self._rec_file, self._idx_file):
+                if handle is not None:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                    handle.close()
+            os.replace(self._rec_tmp, self.rec_path)
+            if self._idx_tmp is not None:
+                os.replace(self._idx_tmp, self.idx_path)
+        except OSError as error:
+            self._fail(error)
         self.closed = True
-        for handle in (self._rec_file, self._idx_file):
-            if handle is not None:
-                handle.flush()
-                os.fsync(handle.fileno())
-                handle.close()
-        os.replace(self._rec_tmp, self.rec_path)
-        if self._idx_tmp is not None:
-            os.replace(self._idx_tmp, self.idx_path)
 
     def abort(self) -> None:
         """Drop everything written so far (no output file appears)."""
@@ -465,5 +487,9 @@ class RecordIOWriter(PublishOnSuccess):
         self.closed = True
         for handle, path in ((self._rec_file, self._rec_tmp), (self._idx_file, self._idx_tmp)):
             if handle is not None:
-                handle.close()
+                try:
+                    handle.close()
+                except OSError:
+                    pass  # the buffered tail cannot be written (disk full): the file goes anyway
+            if path is not None:
                 path.unlink(missing_ok=True)

@@ -33,6 +33,7 @@ CASES = {
     "arcface": ("arcface", dict(), {}, {}),
     "softmax": ("softmax", dict(head="softmax"), {}, {}),
     "L2": ("L2", dict(l2_threshold=0.0), {}, {}),
+    "weakened_L2": ("L2", dict(l2_threshold=0.2), {}, {}),
     "BCT": ("BCT", dict(bct_scale=16.0), {}, {}),
     # influence term and refinement from epoch 0: the refinement's collectives run before the step
     "UniBCT": ("UniBCT", dict(unibct_start_epoch=0, unibct_refine_epochs=(0,), bct_scale=16.0,

@@ -8,7 +8,8 @@ included) for the backbone, the classifier head (Partial FC: all classes, gather
 methods' extra modules; UniBCT also its refined prototypes. Same initialisation (the classifier is
 drawn from the config seed, whatever the world size), same global batch (the sampler's rank
 shares of one permutation), BatchNorm with frozen statistics (`freeze_batchnorm`: per-rank batch
-statistics are the one legitimate difference). The two-rank runs go through one torchrun launch
+statistics are the one legitimate difference), no gradient clipping (it would rescale a wrong
+gradient to the same norm; one case keeps it). The two-rank runs go through one torchrun launch
 of this file (see __main__), the one-process runs through the same engine in-process. A last
 test runs the real CLI (train_old_arc.py) for two whole epochs under torchrun and in one process.
 """
@@ -31,6 +32,9 @@ WORLD = 2
 # case -> (script method name, keys for both runs, keys for the two-rank run only, for the one-process run only)
 CASES = {
     "arcface": ("arcface", dict(), {}, {}),
+    # clipping on (the recipe's norm 5): a deterministic function of the full gradient, but it
+    # hides a wrong gradient scale whenever the norm exceeds 5, so the other cases run without it
+    "arcface_clipped": ("arcface", dict(clip_grad_norm=5.0), {}, {}),
     "softmax": ("softmax", dict(head="softmax"), {}, {}),
     "L2": ("L2", dict(l2_threshold=0.0), {}, {}),
     "weakened_L2": ("L2", dict(l2_threshold=0.2), {}, {}),
@@ -72,7 +76,7 @@ def write_cases(folder: Path) -> None:
         for side, batch, own in (("ddp", GLOBAL_BATCH // WORLD, two_ranks), ("single", GLOBAL_BATCH, one_process)):
             keys = tiny_training_keys(rec, folder / f"work_{case}_{side}", **{
                 "method": method, "batch_size": batch, "num_epoch": 1, "lr": 0.1, "freeze_batchnorm": True,
-                "frequent": 1, **paths, **shared, **own})
+                "clip_grad_norm": 0.0, "frequent": 1, **paths, **shared, **own})
             write_config(folder / f"{case}_{side}.py", **keys)
 
 
@@ -176,7 +180,7 @@ def test_whole_epochs_through_the_cli_under_torchrun(tmp_path):
     for side, batch in (("ddp", 4), ("single", 8)):
         outputs[side] = tmp_path / f"work_{side}"
         write_config(tmp_path / f"{side}.py", **tiny_training_keys(rec, outputs[side], batch_size=batch, num_epoch=2,
-                                                                 freeze_batchnorm=True))
+                                                                 freeze_batchnorm=True, clip_grad_norm=0.0))
     result = run(torchrun_command("train_old_arc.py", [str(tmp_path / "ddp.py")], port=29657), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     result = run([sys.executable, "train_old_arc.py", str(tmp_path / "single.py")], timeout=300)

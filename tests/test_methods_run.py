@@ -60,7 +60,7 @@ def trained(tmp_path_factory):
 
 
 def checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @pytest.mark.parametrize("method", [m for m in METHOD_KEYS if m != "UniBCT"])
@@ -108,7 +108,7 @@ def test_nccl_resume_restores_each_ranks_logit_shard(trained, rank):
     saved = checkpoint(folder / "work_NCCL" / "checkpoint.pt")
     # rank 0's method state is the top-level one; the other ranks' logit shards differ from it
     saved_state = saved["method"] if rank == 0 else saved["per_rank"][rank]["method"]
-    restored = torch.load(folder / f"nccl_restored_rank{rank}.pt", weights_only=False)
+    restored = torch.load(folder / f"nccl_restored_rank{rank}.pt", weights_only=True)
     assert tuple(saved_state["class_shard"]) == restored["class_shard"] == (2 * rank, 2)  # 4 classes, 2 ranks
     assert bool(restored["logits"].abs().sum(1).gt(0).all()), "every slot holds logits of a pushed sample"
     assert torch.equal(restored["logits"], saved_state["queue"]["logits"])

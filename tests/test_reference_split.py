@@ -109,7 +109,7 @@ def test_training_starts_on_a_reference_prefix(data_root, tmp_path):
     config = write_config(tmp_path / "tiny_softmax.py", **keys)
     with single_thread():
         train(SoftmaxMethod, [str(config)])
-    checkpoint = torch.load(output / "checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(output / "checkpoint.pt", weights_only=True)
     head = checkpoint["head"]
     assert next(iter(head.values())).shape[0] == 6     # one classifier row per class of the subset
     assert checkpoint["step"] == 22 // 4                 # every image of the subset, batch 4

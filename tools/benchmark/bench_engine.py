@@ -22,6 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from utils.cli import StrictArgumentParser  # noqa: E402
+
 from tools.benchmark.devices import DEVICE_CHOICES, device_name, resolve_device, synchronise  # noqa: E402
 from utils.config import BASE_CONFIG, load_config  # noqa: E402
 from utils.engine import Trainer  # noqa: E402
@@ -45,7 +47,7 @@ class TimedArcFace(ArcFaceMethod):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StrictArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--network", default="tiny")
     parser.add_argument("--embedding-size", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32)

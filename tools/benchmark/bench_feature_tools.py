@@ -22,6 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from utils.cli import StrictArgumentParser  # noqa: E402
+
 from utils.old_artifacts import (DEFAULT_CHUNK_ROWS, class_meta, class_prototypes,  # noqa: E402
                                  credible_mask)
 
@@ -62,7 +64,7 @@ def write_synthetic_features(path: Path, num_image: int, num_classes: int, dim: 
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = StrictArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-image", type=int, default=MS1MV3_IMAGES)
     parser.add_argument("--num-classes", type=int, default=MS1MV3_CLASSES)

@@ -27,6 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from utils.cli import StrictArgumentParser  # noqa: E402
+
 from BCT_methods.AdvBCT.train import AdvBCTMethod  # noqa: E402
 from BCT_methods.BCT.train import BCTMethod  # noqa: E402
 from BCT_methods.L2.train import L2Method  # noqa: E402
@@ -49,7 +51,7 @@ CLASS70_CLASSES, CLASS70_IMAGES = 65402, 3598269
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StrictArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--network", default="tiny", help="backbone name (see backbones.get_model)")
     parser.add_argument("--embedding-size", type=int, default=128, help="old and new feature size")
     parser.add_argument("--batch-size", type=int, default=64, help="images per step")

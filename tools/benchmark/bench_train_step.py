@@ -24,6 +24,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from utils.cli import StrictArgumentParser  # noqa: E402
+
 from backbones import get_model  # noqa: E402
 from losses import build_head  # noqa: E402
 from utils.config import BASE_CONFIG, load_config  # noqa: E402
@@ -38,7 +40,7 @@ H100_PEAK_TFLOPS = {"fp16": 989.0, "bf16": 989.0, "fp32": 67.0}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StrictArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--network", default=None, help="backbone (default: tiny on CPU, r50 on GPU)")
     parser.add_argument("--embedding-size", type=int, default=512, help="feature size")
     parser.add_argument("--batch-size", type=int, default=None, help="images per step (default 32 CPU, 128 GPU)")

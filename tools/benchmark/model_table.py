@@ -19,6 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from utils.cli import StrictArgumentParser  # noqa: E402
+
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -63,7 +65,7 @@ def train_throughput(name, embedding_size, batch_size, num_classes, steps, warmu
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StrictArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--networks", nargs="*", default=NETWORK_NAMES, choices=NETWORK_NAMES,
                         help="networks to list (default: all)")
     parser.add_argument("--embedding-size", type=int, default=512, help="feature size d (default 512)")

@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+
+from utils.cli import StrictArgumentParser  # noqa: E402
 BUDGET_SECONDS = 570      # the whole run, inside a 10-minute device window (start-up aside)
 
 # name -> script, arguments per profile, time limit per profile (s), smoke-size overrides.
@@ -98,7 +101,7 @@ def last_json_line(text: str):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StrictArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), help="run only these benchmarks")
     parser.add_argument("--profile", choices=["auto", "cpu", "gpu"], default="auto",
                         help="which argument set and time limits (auto: gpu when CUDA is available)")

@@ -23,6 +23,9 @@ for _name in MOBILEFACENET_SIZES:
 for _name in list(VIT_SIZES) + list(VIT_ALIASES):
     _BUILDERS[_name] = lambda name=_name, **kw: vision_transformer(name, **kw)
 _BUILDERS["tiny"] = tiny
+# narrower tiny networks: the synthetic demo's old model (r18's role) and new models (r50's)
+_BUILDERS["tiny_xs"] = lambda **kw: tiny(widths=(16, 24, 48), **kw)
+_BUILDERS["tiny_s"] = lambda **kw: tiny(widths=(16, 32, 64), **kw)
 
 # One name per distinct network (insightface's names; tiny is ours). get_model also accepts
 # insightface's ViT training variants (vit_t_dp005_mask0, ...) and the alias vit_l.

@@ -80,8 +80,8 @@ def test_method_config_loads_and_names_what_its_method_reads(path):
         sd_name = "f128_tiny_softmax_class70"
         artifact_folder = REPO_ROOT / "feature_save" / "synthetic" / "OPclass"
         assert cfg.rec == str(REPO_ROOT / "dataset" / "synthetic" / "train_part_70_class")
-        assert (cfg.network, cfg.embedding_size) == ("tiny", 128)
-        assert (cfg.old_network, cfg.old_embedding_size) == ("tiny", 128)
+        assert (cfg.network, cfg.embedding_size) == ("tiny_s", 128)
+        assert (cfg.old_network, cfg.old_embedding_size) == ("tiny_xs", 128)
     assert cfg.method == method_folder and cfg.head == "partial_fc"
     for key in METHOD_READS[cfg.method]:
         assert cfg[key] == str(artifact_folder / (sd_name + ARTIFACT_SUFFIX[key])), key

@@ -209,6 +209,8 @@ def build_dataset(cfg, flip: bool = True):
         else:
             raise ValueError(f"config rec = {rec_dir}: neither a folder nor a prefix with "
                              f"{rec_dir.name}.rec and {rec_dir.name}.idx beside it")
+        from utils.image_cache import with_image_cache  # here: image_cache builds on this module
+        dataset = with_image_cache(dataset)   # small recs: decoded once, memory-mapped after
         where = rec_dir
     check_dataset(dataset, cfg.num_classes, cfg.num_image, where)
     return dataset

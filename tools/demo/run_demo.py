@@ -29,6 +29,12 @@ from typing import Dict, List
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
+from tools.demo.premises import check_premises, describe, learning_rate_budget  # noqa: E402
+from tools.demo.seeds import parse_seeds, write_seed_report  # noqa: E402
+from utils.artifacts import write_text_atomic  # noqa: E402
+from utils.config import load_config  # noqa: E402
+from utils.face_rec import FaceRecIndex  # noqa: E402
+
 METHODS = ("L2", "BCT", "UniBCT", "NCCL", "AdvBCT", "MixBCT")
 
 # scenario -> (old model's subset, new model's subset); subsets are folders of the split output
@@ -43,6 +49,8 @@ SUBSET_FOLDERS = {
     "data30": "train_part_30_data", "data70": "train_part_70_data",
     "class100": ".", "data100": ".",
 }
+OLD_CONFIG = REPO_ROOT / "configs" / "synthetic_f128_tiny_softmax_class30.py"
+NEW_CONFIG = REPO_ROOT / "configs" / "synthetic_f128_tiny_arc_class70.py"
 
 # Sizes. "default" trains with the shipped synthetic configs as they are; "quick" (the test
 # suite's size) overrides the epochs, scaling UniBCT's epoch-based schedule with them.
@@ -50,8 +58,8 @@ SIZES = {
     "default": {"generate": [], "old": {}, "new": {}, "unibct": {}},
     "quick": {
         "generate": ["--quick"],
-        "old": {"num_epoch": 3}, "new": {"num_epoch": 3},
-        "unibct": {"unibct_start_epoch": 1, "unibct_refine_epochs": (1, 2), "decay_epoch": [2]},
+        "old": {"num_epoch": 3, "frequent": 1}, "new": {"num_epoch": 3},   # frequent: a loss per epoch
+        "unibct": {"unibct_start_epoch": 1, "unibct_refine_epochs": (1, 2), "decay_epoch": [1, 2]},
     },
 }
 
@@ -66,6 +74,14 @@ class Step:
     concurrent: bool = False              # may run beside other steps (then on cores/jobs threads)
 
 
+@dataclass
+class Training:
+    """What the premises need of a new-model training: its script, config and overrides."""
+    script: Path
+    config: Path
+    overrides: List[str]
+
+
 def python_script(path: str, *args) -> List[str]:
     return [sys.executable, str(REPO_ROOT / path), *[str(a) for a in args]]
 
@@ -78,32 +94,36 @@ def overrides(**values) -> List[str]:
     return out
 
 
-def plan(args) -> List[Step]:
+def plan(args, seed: int, out: Path):
+    """(the steps of one run, the new-model trainings by report name, the old model's output)."""
     size = SIZES["quick" if args.quick else "default"]
-    out = args.out.resolve()
     data = out / "dataset" / "synthetic"
     old_subset, new_subset = SCENARIOS[args.scenario]
     old_rec = (data / SUBSET_FOLDERS[old_subset]).resolve()
     new_rec = (data / SUBSET_FOLDERS[new_subset]).resolve()
     artifacts = out / "feature_save" / args.scenario
-    sd = f"f128_tiny_softmax_{new_subset}"
+    sd = f"f128_tiny_softmax_{new_subset}"   # the configs' OLD_ARTIFACTS_SD for class70
     old_output = out / "work_dirs" / f"old_f128_tiny_softmax_{old_subset}"
-    common = dict(seed=args.seed, num_workers=args.workers)
+    embed_flags = ["-d", data, "--workers", args.workers]
 
     steps = [
-        Step("generate", python_script("tools/synthetic/generate.py", "--out", data,
-                                       "--seed", args.seed, *size["generate"])),
+        # train.rec and the .bin sets first (the trainings need both), IJB-C beside the trainings
+        Step("generate", python_script("tools/synthetic/generate.py", "--out", data, "--seed", seed,
+                                       "--parts", "train", "bins", *size["generate"])),
+        Step("generate_ijbc", python_script("tools/synthetic/generate.py", "--out", data, "--seed", seed,
+                                            "--parts", "ijbc", *size["generate"]),
+             needs=("generate",), concurrent=True),
         Step("split", python_script("tools/split_dataset/split_dataset_ms1mv3.py",
-                                    "--input", data, "--ratio", 0.3), needs=("generate",)),
+                                    "--input", data, "--ratio", 0.3), needs=("generate",), concurrent=True),
         Step("old_model", python_script(
-            "train_old_softmax.py", "configs/synthetic_f128_tiny_softmax_class30.py",
-            *overrides(rec=str(old_rec), output=str(old_output), **size["old"], **common)),
+            "train_old_softmax.py", OLD_CONFIG,
+            *overrides(rec=str(old_rec), output=str(old_output), seed=seed, **size["old"])),
             training_output=old_output, needs=("split",), concurrent=True),
     ]
-    old_config = REPO_ROOT / "configs" / "synthetic_f128_tiny_softmax_class30.py"
+    old_network = load_config(OLD_CONFIG).network
     model_args = ["--data", new_rec, "--out", artifacts, "--model", old_output / "model.pt"]
     steps += [
-        Step("old_features", python_script("tools/get_feature/get_feature.py", old_config,
+        Step("old_features", python_script("tools/get_feature/get_feature.py", OLD_CONFIG,
                                            "--SD", sd, *model_args, "--num-workers", args.workers),
              needs=("old_model",), concurrent=True),
         Step("class_prototypes", python_script("tools/get_feature/get_avg_feature.py", "--SD", sd,
@@ -116,12 +136,17 @@ def plan(args) -> List[Step]:
                                          "--data", new_rec, "--out", artifacts),
              needs=("old_features",), concurrent=True),
     ]
-    new_training = dict(rec=str(new_rec), **size["new"], **common)
+    # default size: each model is embedded as soon as it exists, beside the other trainings (at
+    # --quick the report embeds them: eight processes fewer for the test suite)
+    embed = not args.quick
+    if embed:
+        steps.append(Step("embed_old", python_script("tools/demo/embed_ijbc.py", f"{old_output / 'model.pt'}:{old_network}",
+                                                     *embed_flags), needs=("old_model", "generate_ijbc"), concurrent=True))
+    new_training = dict(rec=str(new_rec), seed=seed, **size["new"])
     independent_output = out / "work_dirs" / f"independent_f128_tiny_arc_{new_subset}"
-    steps.append(Step("independent_new_model", python_script(
-        "train_old_arc.py", "configs/synthetic_f128_tiny_arc_class70.py",
-        *overrides(output=str(independent_output), **new_training)), training_output=independent_output,
-        needs=("split",), concurrent=True))
+    trainings = {"new*": Training(REPO_ROOT / "train_old_arc.py", NEW_CONFIG,
+                                  overrides(output=str(independent_output), **new_training))}
+    outputs = {"new*": independent_output}
     artifact_paths = dict(
         old_features=str(artifacts / f"{sd}_feature.npy"),
         old_labels=str(artifacts / f"{sd}_label.npy"),
@@ -129,25 +154,34 @@ def plan(args) -> List[Step]:
         credible_mask=str(artifacts / f"{sd}_credible_0.9.npy"),
         class_meta=str(artifacts / f"{sd}_class_meta.npz"),
     )
-    new_models = {}
     for method in METHODS:
         output = out / "work_dirs" / f"{method}_f128_tiny_{new_subset}"
         extra = size["unibct"] if method == "UniBCT" else {}
-        config = REPO_ROOT / "BCT_methods" / method / "configs" / f"synthetic_OPclass_tiny_{method}_softmax_to_arc_f128.py"
-        steps.append(Step(f"new_model_{method}", python_script(
-            f"BCT_methods/{method}/train.py", config,
-            *overrides(output=str(output), **new_training, **artifact_paths, **extra)), training_output=output,
-            needs=("old_features", "class_prototypes", "credible_mask", "class_meta"), concurrent=True))
-        new_models[method] = output / "model.pt"
+        trainings[method] = Training(
+            REPO_ROOT / "BCT_methods" / method / "train.py",
+            REPO_ROOT / "BCT_methods" / method / "configs" / f"synthetic_OPclass_tiny_{method}_softmax_to_arc_f128.py",
+            overrides(output=str(output), **new_training, **artifact_paths, **extra))
+        outputs[method] = output
+    new_network = load_config(NEW_CONFIG).network
+    artifact_steps = ("old_features", "class_prototypes", "credible_mask", "class_meta")
+    for name, training in trainings.items():
+        step = "independent_new_model" if name == "new*" else f"new_model_{name}"
+        steps.append(Step(step, [sys.executable, str(training.script), str(training.config), *training.overrides],
+                          training_output=outputs[name], concurrent=True,
+                          needs=("split",) if name == "new*" else artifact_steps))
+        if embed:
+            steps.append(Step(f"embed_{'independent' if name == 'new*' else name}", python_script(
+                "tools/demo/embed_ijbc.py", f"{outputs[name] / 'model.pt'}:{new_network}", *embed_flags),
+                needs=(step, "generate_ijbc"), concurrent=True))
 
-    report = ["--old", f"{old_output / 'model.pt'}:tiny", "--independent", f"{independent_output / 'model.pt'}:tiny"]
-    for method, path in new_models.items():
-        report += ["--new", f"{method}={path}:tiny"]
+    report = ["--old", f"{old_output / 'model.pt'}:{old_network}",
+              "--independent", f"{independent_output / 'model.pt'}:{new_network}"]
+    for method in METHODS:
+        report += ["--new", f"{method}={outputs[method] / 'model.pt'}:{new_network}"]
     steps.append(Step("evaluate_and_report", python_script(
-        "tools/ijbc_eval/compat_report.py", *report, "-d", data, "-o", out / "report",
-        "--workers", args.workers),
-        needs=("old_model", "independent_new_model", *(f"new_model_{m}" for m in METHODS))))
-    return steps
+        "tools/ijbc_eval/compat_report.py", *report, *embed_flags, "-o", out / "report"),
+        needs=("generate_ijbc", *(step.name for step in steps if step.name.startswith(("embed_", "new_model_", "independent"))))))
+    return steps, trainings, old_output
 
 
 PRINT_LOCK = threading.Lock()
@@ -158,13 +192,14 @@ def say(text: str) -> None:
         print(text, flush=True)
 
 
-def run_step(step: Step, index: int, total: int, stamps: Path, logs: Path, threads: int | None = None) -> float:
+def run_step(step: Step, index: int, total: int, stamps: Path, logs: Path, threads: int | None = None) -> dict:
     """Run one step as a subprocess, its output teed to logs/<step>.log; `threads` caps the
-    step's intra-op threads (set when steps run side by side)."""
+    step's intra-op threads (set when steps run side by side). Returns its wall and CPU seconds
+    (the CPU time of the process and of its own children, e.g. loader workers)."""
     stamp = stamps / f"{step.name}.done"
     if stamp.exists():
         say(f"[{index}/{total}] {step.name}: done earlier, skipped")
-        return 0.0
+        return {"seconds": 0.0, "cpu_seconds": 0.0, "skipped": True}
     command = list(step.command)
     if step.training_output is not None and (step.training_output / "checkpoint.pt").exists():
         command.append("--resume")
@@ -183,18 +218,21 @@ def run_step(step: Step, index: int, total: int, stamps: Path, logs: Path, threa
         for line in process.stdout:
             log.write(line)
             say(f"{prefix}{line.rstrip()}")
-        code = process.wait()
-    seconds = time.time() - start
+        # wait4: the exit status and the resource usage of this child alone
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = code = os.waitstatus_to_exitcode(status)
+    seconds, cpu = time.time() - start, usage.ru_utime + usage.ru_stime
     if code != 0:
         raise SystemExit(f"demo: step {step.name!r} failed (exit {code}); its log: {log_path}")
+    timing = {"seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1)}
     tmp = stamp.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"command": command, "seconds": round(seconds, 1)}) + "\n")
+    tmp.write_text(json.dumps({"command": command, **timing}) + "\n")
     os.replace(tmp, stamp)
-    say(f"[{index}/{total}] {step.name}: finished in {seconds:.1f} s")
-    return seconds
+    say(f"[{index}/{total}] {step.name}: finished in {seconds:.1f} s ({cpu:.1f} CPU s)")
+    return {**timing, "skipped": False}
 
 
-def run_schedule(steps: List[Step], jobs: int, stamps: Path, logs: Path) -> Dict[str, float]:
+def run_schedule(steps: List[Step], jobs: int, stamps: Path, logs: Path) -> Dict[str, dict]:
     """Run the steps, at most `jobs` at a time, each once all the steps it needs are done.
 
     A `concurrent` step runs on cores/jobs intra-op threads whatever runs beside it, so its
@@ -222,6 +260,67 @@ def run_schedule(steps: List[Step], jobs: int, stamps: Path, logs: Path) -> Dict
     return times
 
 
+def time_summary(times: Dict[str, dict], wall: float, load_before: float, load_after: float) -> dict:
+    """Wall and CPU time of the run; busy cores = CPU seconds / wall seconds."""
+    cpu = sum(timing["cpu_seconds"] for timing in times.values())
+    return {"wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+            "busy_cores": round(cpu / wall, 2) if wall > 0 else None, "cores": os.cpu_count(),
+            "load_average_1min": {"start": round(load_before, 2), "end": round(load_after, 2)},
+            "steps": times}
+
+
+def premises_of_run(args, out: Path, trainings: Dict[str, Training], old_output: Path) -> dict:
+    """Check and print the premises (tools/demo/premises.py); written to report/premises.json."""
+    report_path = out / "report" / "compat_report.json"
+    if not report_path.exists():
+        return {}
+    new_rec = out / "dataset" / "synthetic" / SUBSET_FOLDERS[SCENARIOS[args.scenario][1]]
+    num_images = len(FaceRecIndex(new_rec).labels)
+    budgets = {name: learning_rate_budget(training.script, training.config,
+                                          [text for text in training.overrides if text != "--set"], num_images)
+               for name, training in trainings.items()}
+    premises = check_premises(json.loads(report_path.read_text()), old_output / "training.log", budgets)
+    lines = [describe(name, premise) for name, premise in premises.items()]
+    print("demo: premises\n" + "\n".join(f"  {line}" for line in lines))
+    write_text_atomic(out / "report" / "premises.json", json.dumps(premises, indent=1, default=float) + "\n")
+    write_text_atomic(out / "report" / "premises.md", "".join(f"- {line}\n" for line in lines))
+    return premises
+
+
+def run_once(args, seed: int, out: Path) -> dict:
+    """The whole demo for one seed in `out`: steps, report, premises, timings."""
+    steps, trainings, old_output = plan(args, seed, out)
+    if args.only:
+        unknown = sorted(set(args.only) - {s.name for s in steps})
+        if unknown:
+            raise SystemExit(f"demo: unknown step(s) {unknown}; steps are {[s.name for s in steps]}")
+        steps = [s for s in steps if s.name in args.only]
+    stamps, logs = out / ".steps", out / "logs"
+    stamps.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
+    settings = {"scenario": args.scenario, "quick": args.quick, "seed": seed}
+    settings_file = out / "demo_settings.json"
+    if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
+        raise SystemExit(f"demo: {out} holds a run with other settings ({settings_file.read_text().strip()}); "
+                         "use another --out")
+    settings_file.write_text(json.dumps(settings) + "\n")
+
+    load_before, start = os.getloadavg()[0], time.time()
+    times = run_schedule(steps, args.jobs, stamps, logs)
+    summary = time_summary(times, time.time() - start, load_before, os.getloadavg()[0])
+    write_text_atomic(out / "timings.json", json.dumps(summary, indent=1) + "\n")
+    print(f"demo: all {len(steps)} steps finished in {summary['wall_seconds']:.1f} s "
+          f"({summary['wall_seconds'] / 60:.1f} min), {summary['cpu_seconds']:.1f} CPU s: "
+          f"{summary['busy_cores']} of {summary['cores']} cores busy on average (load average "
+          f"{summary['load_average_1min']['start']} at the start, {summary['load_average_1min']['end']} "
+          f"at the end: other processes share the cores when it is above {summary['busy_cores']}); "
+          f"outputs in {out}")
+    report = out / "report" / "compat_report.md"
+    if report.exists():
+        print(report.read_text())
+    return premises_of_run(args, out, trainings, old_output)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "demo_output",
@@ -230,37 +329,26 @@ def main(argv=None) -> None:
                         help="which old/new data split to simulate (default: OPclass)")
     parser.add_argument("--quick", action="store_true", help="small sizes (used by the test suite)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and of every training")
-    parser.add_argument("--workers", type=int, default=2, help="data-loader workers per step")
+    parser.add_argument("--seeds", type=parse_seeds, default=None, metavar="S,S,...",
+                        help="run the whole demo once per seed (in <out>/seed_<s>) and write the mean "
+                             "+- sd of every cell and a verdict per method to <out>/seeds_report.md")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="loader workers of the feature and IJB-C tools (the trainings read the "
+                             "decoded-image cache in their own process)")
     parser.add_argument("--jobs", type=int, default=2,
-                        help="new-model trainings run side by side, each with cores/jobs threads "
+                        help="steps run side by side, each with cores/jobs threads "
                              "(default 2: on two cores, two 1-thread trainings beat one 2-thread one)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these steps (names as printed)")
     args = parser.parse_args(argv)
-
-    steps = plan(args)
-    if args.only:
-        unknown = sorted(set(args.only) - {s.name for s in steps})
-        if unknown:
-            raise SystemExit(f"demo: unknown step(s) {unknown}; steps are {[s.name for s in steps]}")
-        steps = [s for s in steps if s.name in args.only]
     out = args.out.resolve()
-    stamps, logs = out / ".steps", out / "logs"
-    stamps.mkdir(parents=True, exist_ok=True)
-    logs.mkdir(parents=True, exist_ok=True)
-    settings = {"scenario": args.scenario, "quick": args.quick, "seed": args.seed}
-    settings_file = out / "demo_settings.json"
-    if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
-        raise SystemExit(f"demo: {out} holds a run with other settings ({settings_file.read_text().strip()}); "
-                         "use another --out")
-    settings_file.write_text(json.dumps(settings) + "\n")
-
-    start = time.time()
-    times = run_schedule(steps, args.jobs, stamps, logs)
-    wall = time.time() - start
-    print(f"demo: all {len(steps)} steps finished in {wall:.1f} s ({wall / 60:.1f} min); outputs in {out}")
-    report = out / "report" / "compat_report.md"
-    if report.exists():
-        print(report.read_text())
+    if args.seeds is None:
+        run_once(args, args.seed, out)
+        return
+    for seed in args.seeds:
+        print(f"demo: seed {seed} ({args.seeds.index(seed) + 1} of {len(args.seeds)})", flush=True)
+        run_once(args, seed, out / f"seed_{seed}")
+    text = write_seed_report(out, [out / f"seed_{seed}" for seed in args.seeds], args.seeds)
+    print(text)
 
 
 if __name__ == "__main__":

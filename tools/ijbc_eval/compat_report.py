@@ -30,14 +30,18 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from tools.ijbc_eval.bootstrap import (REPLICATES, bootstrap_tar_at_far, bootstrap_top1,  # noqa: E402
+                                       identification_subjects, interval, pair_subjects, subject_counts)
 from tools.ijbc_eval.embed import model_embeddings  # noqa: E402
-from tools.ijbc_eval.evaluation import check_compatible_sizes, run_identification, run_verification  # noqa: E402
-from tools.ijbc_eval.identification import FPIR_GRID  # noqa: E402
+from tools.ijbc_eval.evaluation import (check_compatible_sizes, model_templates, run_identification,  # noqa: E402
+                                        run_verification)
+from tools.ijbc_eval.identification import FPIR_GRID, _mated_scores  # noqa: E402
 from tools.ijbc_eval.ijbc_eval import add_embedding_arguments, embedding_options  # noqa: E402
-from tools.ijbc_eval.pooling import DEFAULT_VARIANT, Variant  # noqa: E402
+from tools.ijbc_eval.pooling import DEFAULT_VARIANT, Variant, template_rows  # noqa: E402
 from tools.ijbc_eval.protocol import load_identification_protocol, load_verification_protocol  # noqa: E402
 from tools.ijbc_eval.report import markdown_table, save_figure, write_json  # noqa: E402
 from utils.artifacts import write_text_atomic  # noqa: E402
@@ -50,6 +54,8 @@ TPIR_AT_FPIR = {"TPIR@FPIR=1e-2": 1e-2}
 METRICS = (*TAR_AT_FAR, *TOP_K, *TPIR_AT_FPIR)
 INDEPENDENT = "new*"
 TESTS = ("old/old", "new/new", "new/old")
+# the metrics given 95 % bootstrap intervals over subjects (tools/ijbc_eval/bootstrap.py)
+INTERVAL_METRICS = ("1:N top-1", "TAR@FAR=1e-2")
 # the cell marks of operating points the protocol cannot resolve
 UNRESOLVED_TAR_MARK, UNRESOLVED_TPIR_MARK = "\u2020", "\u2021"  # dagger, double dagger
 
@@ -67,11 +73,29 @@ def parse_model_spec(text: str, default_network: str, named: bool):
     return name or INDEPENDENT, Path(path), network
 
 
-def summary_metrics(protocol, identification, probe_model, gallery_model) -> Tuple[dict, dict]:
+def rank_one_hits(protocol, identification, probe_model, gallery_model) -> Tuple[dict, dict]:
+    """Per gallery: the rank-1 hit of each mated probe and its subject id (the table's top-1 is
+    the mean of the hits, averaged over the galleries)."""
+    variant = Variant.parse(DEFAULT_VARIANT)
+    template_ids, probe_side = model_templates(protocol, probe_model, variant)
+    gallery_side = probe_side if gallery_model is None else model_templates(protocol, gallery_model, variant)[1]
+    probes = identification.probes
+    probe_features = probe_side[torch.from_numpy(template_rows(template_ids, probes.template_ids)).long()]
+    hits, subjects = {}, {}
+    for name, gallery in identification.galleries.items():
+        gallery_features = gallery_side[torch.from_numpy(template_rows(template_ids, gallery.template_ids)).long()]
+        is_mated, _, outranking = _mated_scores(probe_features @ gallery_features.T, probes.subject_ids,
+                                                gallery.subject_ids)
+        hits[name] = (outranking == 0).numpy()
+        subjects[name] = np.asarray(probes.subject_ids)[is_mated]
+    return hits, subjects
+
+
+def summary_metrics(protocol, identification, probe_model, gallery_model) -> Tuple[dict, dict, dict]:
     """(the table metrics (fractions) for probe_model against gallery_model, the pair and
-    probe counts they rest on)."""
+    probe counts they rest on, the per-pair scores and per-probe hits the bootstrap resamples)."""
     variant = [Variant.parse(DEFAULT_VARIANT)]
-    verification, _ = run_verification(protocol, probe_model, gallery_model, variant)
+    verification, scores = run_verification(protocol, probe_model, gallery_model, variant)
     result = verification[DEFAULT_VARIANT]
     by_far = dict(zip(result["far_targets"], result["tar_nearest_roc_point"]))
     ident = run_identification(protocol, identification, probe_model, gallery_model, variant)[DEFAULT_VARIANT]
@@ -86,7 +110,37 @@ def summary_metrics(protocol, identification, probe_model, gallery_model) -> Tup
               "galleries": {g: {"templates": len(identification.galleries[g].template_ids),
                                 "mated_probes": ident[g]["num_mated"],
                                 "nonmated_probes": ident[g]["num_nonmated"]} for g in galleries}}
-    return metrics, counts
+    hits, subjects = rank_one_hits(protocol, identification, probe_model, gallery_model)
+    samples = {"scores": np.asarray(scores[DEFAULT_VARIANT], dtype=np.float64), "hits": hits, "subjects": subjects}
+    return metrics, counts, samples
+
+
+def bootstrap_intervals(protocol, identification, rows: dict, samples: dict,
+                        replicates: int = REPLICATES) -> dict:
+    """95 % intervals over subjects of INTERVAL_METRICS for every row, and of each row's
+    difference to old/old (paired: every row is resampled with the same subject draws)."""
+    sides, pair_subject_count = pair_subjects(protocol.pair_templates, protocol.pair_labels)
+    pair_counts = subject_counts(pair_subject_count, replicates, seed=0)
+    probe_columns = identification_subjects(identification.probes.subject_ids)
+    probe_counts = subject_counts(len(probe_columns), replicates, seed=1)
+    tar_metric = "TAR@FAR=1e-2"
+    values = {row: {tar_metric: bootstrap_tar_at_far(sample["scores"], protocol.pair_labels, sides, pair_counts,
+                                                     TAR_AT_FAR[tar_metric]),
+                    "1:N top-1": bootstrap_top1(sample["hits"], sample["subjects"], probe_counts, probe_columns)}
+              for row, sample in samples.items()}
+    intervals = {row: {metric: interval(values[row][metric]) for metric in INTERVAL_METRICS} for row in values}
+    differences = {}
+    for row in values:
+        if row == "old/old":
+            continue
+        differences[row] = {}
+        for metric in INTERVAL_METRICS:
+            low, high = interval(values[row][metric] - values["old/old"][metric])
+            differences[row][metric] = {"difference": rows[row][metric] - rows["old/old"][metric],
+                                        "interval": (low, high),
+                                        "verdict": "above" if low > 0 else "below" if high < 0 else "within noise"}
+    return {"replicates": replicates, "confidence": 0.95, "subjects_1to1": pair_subject_count,
+            "subjects_1toN": len(probe_columns), "intervals": intervals, "differences_to_old": differences}
 
 
 def resolvable_metrics(counts: dict) -> Dict[str, bool]:
@@ -162,8 +216,27 @@ def footnotes(counts: dict, resolvable: Dict[str, bool], chance: Dict[str, float
     return lines
 
 
-def report_markdown(title: str, rows: dict, criteria: dict, counts: dict) -> str:
-    """The metrics table (%), the per-model verdict table and the footnotes."""
+def interval_tables(bootstrap: dict) -> str:
+    """The bootstrap section: every row's interval, and each row's difference to old/old."""
+    def span(low_high) -> str:
+        return f"[{100 * low_high[0]:.1f}, {100 * low_high[1]:.1f}]"
+    intervals = markdown_table(["test"] + [f"{m} %, 95 % interval" for m in INTERVAL_METRICS],
+                               [[row] + [span(values[m]) for m in INTERVAL_METRICS]
+                                for row, values in bootstrap["intervals"].items()])
+    differences = markdown_table(
+        ["test"] + [f"{m}: minus old/old, points [95 % interval], verdict" for m in INTERVAL_METRICS],
+        [[row] + [f"{100 * d[m]['difference']:+.1f} {span(d[m]['interval'])} {d[m]['verdict']}"
+                  for m in INTERVAL_METRICS] for row, d in bootstrap["differences_to_old"].items()])
+    return (f"## 95 % bootstrap intervals over subjects\n\n{bootstrap['replicates']} replicates; each draws "
+            f"the subjects with replacement ({bootstrap['subjects_1to1']} in the 1:1 protocol, "
+            f"{bootstrap['subjects_1toN']} among the 1:N probes); every row is resampled with the same "
+            f"draws, so the interval of a difference is paired. A difference is 'above' or 'below' when "
+            f"its interval excludes 0, else 'within noise'.\n\n{intervals}\n\n{differences}\n")
+
+
+def report_markdown(title: str, rows: dict, criteria: dict, counts: dict, bootstrap: dict = None) -> str:
+    """The metrics table (%), the per-model verdict table, the footnotes and (when given) the
+    bootstrap intervals."""
     resolvable = resolvable_metrics(counts)
     marks = unresolved_marks(resolvable)
     table = markdown_table(["test"] + [f"{m} %" for m in METRICS],
@@ -179,7 +252,8 @@ def report_markdown(title: str, rows: dict, criteria: dict, counts: dict) -> str
                  "above old/old (no update gain to share) or no independent model was given")
     notes = "\n".join(f"- {line}" for line in notes)
     return (f"# {title}\n\nTAR@FAR: nearest ROC point (reference rule); 1:N: mean over the two "
-            f"galleries\n\n{table}\n\n{verdicts}\n\n{notes}\n")
+            f"galleries\n\n{table}\n\n{verdicts}\n\n{notes}\n"
+            + ("" if bootstrap is None else f"\n{interval_tables(bootstrap)}"))
 
 
 def plot_report(rows: dict, models: List[str], counts: dict, path: Path) -> None:
@@ -225,20 +299,22 @@ def build_report(args) -> str:
                                                   np.unique(protocol.image_templates))
     _, old_path, old_network = parse_model_spec(args.old, args.old_net, named=False)
     old = model_embeddings(old_path, old_network, protocol, options, label="old")
-    rows = {}
-    rows["old/old"], counts = summary_metrics(protocol, identification, old, None)
+    rows, samples = {}, {}
+    rows["old/old"], counts, samples["old/old"] = summary_metrics(protocol, identification, old, None)
     specs = [parse_model_spec(text, args.new_net, named=True) for text in args.new]
     if args.independent:
         specs.append(parse_model_spec(args.independent, args.new_net, named=False))
     for name, path, network in specs:
         new = model_embeddings(path, network, protocol, options, label=name)
         check_compatible_sizes(old, new)
-        rows[f"{name} new/new"], _ = summary_metrics(protocol, identification, new, None)
-        rows[f"{name} new/old"], _ = summary_metrics(protocol, identification, new, old)
+        for test, gallery_model in (("new/new", None), ("new/old", old)):
+            rows[f"{name} {test}"], _, samples[f"{name} {test}"] = summary_metrics(
+                protocol, identification, new, gallery_model)
         print(f"{name}: done", flush=True)
         del new  # one new model in memory at a time
     models = [name for name, _, _ in specs if name != INDEPENDENT]
     criteria = {model: compatibility(rows, model) for model in models}
+    bootstrap = bootstrap_intervals(protocol, identification, rows, samples)
     args.output.mkdir(parents=True, exist_ok=True)
     write_json(args.output / "compat_report.json", {
         "old": {"path": str(old_path), "network": old_network}, "subset": args.subset,
@@ -249,11 +325,11 @@ def build_report(args) -> str:
                   "chance": "expected value for random scores"},
         "operating_points": {**TAR_AT_FAR, **TOP_K, **TPIR_AT_FPIR}, "counts": counts,
         "resolvable": resolvable_metrics(counts), "chance": chance_levels(counts),
-        "rows": rows, "compatibility": criteria})
+        "rows": rows, "compatibility": criteria, "bootstrap": bootstrap})
     plot_report(rows, list(dict.fromkeys(name for name, _, _ in specs)), counts,
                 args.output / "compat_report.png")
     text = report_markdown(f"Compatibility on {args.subset}, old model {old_path} ({old_network})",
-                           rows, criteria, counts)
+                           rows, criteria, counts, bootstrap)
     write_text_atomic(args.output / "compat_report.md", text)
     return text
 

@@ -57,6 +57,12 @@ LOOSE_CROP_SIDE = (150, 250)    # loose crop width and height range, pixels
 LANDMARK_NOISE = 0.6            # detector noise on the listed IJB-C landmarks, in aligned-frame pixels
 NON_MATED_FRACTION = 0.2        # IJB-C subjects in neither gallery (non-mated probes only)
 VIDEO_MEDIA_PROBABILITY = 0.3   # a media is a multi-frame video rather than a still
+# Templates per IJB-C subject and medias per template (inclusive ranges). Many small templates
+# per subject give the 1:1 protocol many genuine pairs (k templates: k(k-1)/2 of them) and each
+# gallery many mated probes (k - 1 per subject) for few images: with 340 subjects about 2,400
+# genuine pairs and 400 mated probes per gallery, so a difference of a few points is resolved.
+TEMPLATES_PER_SUBJECT = (2, 6)
+MEDIAS_PER_TEMPLATE = (1, 2)
 CSV_HEADER = "TEMPLATE_ID,SUBJECT_ID,FILENAME,SIGHTING_ID,FACE_X,FACE_Y,FACE_WIDTH,FACE_HEIGHT"
 
 SIZES = {   # flag -> (default, --quick, what it sets)
@@ -64,7 +70,7 @@ SIZES = {   # flag -> (default, --quick, what it sets)
     "images_per_identity": (24, 8, "mean images per training identity (each has 1 .. 2*mean-1)"),
     "bin_identities": (60, 10, "held-out identities of each .bin set"),
     "bin_pairs": (600, 40, "pairs in each .bin set, half genuine"),
-    "ijbc_identities": (80, 12, "IJB-C subjects (about 20%% in neither 1:N gallery)"),
+    "ijbc_identities": (340, 12, "IJB-C subjects (about 20%% in neither 1:N gallery)"),
     "ijbc_impostor_ratio": (40, 40, "IJB-C 1:1 impostor pairs per genuine pair"),
 }
 MINIMUM_SIZES = {"train_identities": 1, "images_per_identity": 1, "bin_identities": 2, "bin_pairs": 2,
@@ -189,7 +195,8 @@ class IjbcPlan:
 
 
 def plan_ijbc(seed: int, identities: Tuple[int, int]) -> IjbcPlan:
-    """Subjects -> 2..5 templates -> 1..3 medias -> 1 still or a 2..4-frame video each."""
+    """Subjects -> TEMPLATES_PER_SUBJECT templates -> MEDIAS_PER_TEMPLATE medias -> 1 still or a
+    2..4-frame video each."""
     rng = generator(seed, STREAM_IJBC_PLAN)
     subjects = np.arange(*identities)
     shuffled = rng.permutation(subjects).tolist()
@@ -198,10 +205,10 @@ def plan_ijbc(seed: int, identities: Tuple[int, int]) -> IjbcPlan:
     galleries = {"G1": sorted(mated[: len(mated) // 2]), "G2": sorted(mated[len(mated) // 2:])}
     medias, template_subjects, image_count = [], {}, 0
     for subject in subjects.tolist():
-        for _ in range(int(rng.integers(2, 6))):
+        for _ in range(int(rng.integers(TEMPLATES_PER_SUBJECT[0], TEMPLATES_PER_SUBJECT[1] + 1))):
             template_id = len(template_subjects) + 1
             template_subjects[template_id] = subject
-            for _ in range(int(rng.integers(1, 4))):
+            for _ in range(int(rng.integers(MEDIAS_PER_TEMPLATE[0], MEDIAS_PER_TEMPLATE[1] + 1))):
                 frames = int(rng.integers(2, 5)) if rng.random() < VIDEO_MEDIA_PROBABILITY else 1
                 medias.append(IjbcMedia(len(medias) + 1, template_id, subject, frames, image_count))
                 image_count += frames

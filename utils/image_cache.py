@@ -1,0 +1,107 @@
+"""Decoded-image cache for small training sets.
+
+A small rec (`CACHE_MIN_IMAGES` images or more, at most `CACHE_LIMIT_BYTES` of decoded pixels,
+e.g. the demo's few thousand faces)
+is decoded once into one uint8 RGB array [N, 3, H, W] saved as
+`<rec folder>/.decoded_images/<key>.npy`; every later training on the same rec, and every loader
+worker, memory-maps that file (one copy in the page cache) instead of decoding JPEGs each epoch.
+The key pins the index checksum, the rec's size and modification time, so a rewritten rec never
+meets a stale cache. Items are byte-identical to the decoding dataset's: training is unchanged.
+Where the folder is read-only the array is decoded into memory for this process instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+from utils.datasets import FaceRecDataset
+
+CACHE_LIMIT_BYTES = 1 << 30       # decoded pixels; MS1M-size sets keep decoding in the workers
+# below this, decoding costs milliseconds per epoch: not worth a file (nor writing into the
+# small fixture recs of a test suite)
+CACHE_MIN_IMAGES = 1000
+CACHE_FOLDER = ".decoded_images"
+
+
+def cache_key(dataset: FaceRecDataset) -> str:
+    rec = os.stat(dataset.rec_path)
+    text = f"{dataset.fingerprint()['index_sha256']}:{rec.st_size}:{rec.st_mtime_ns}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def decode_all(dataset: FaceRecDataset, shape: Tuple[int, int, int]) -> Optional[np.ndarray]:
+    """Every image of an unflipped set as [N, *shape] uint8 RGB, or None if one has another shape."""
+    images = np.empty((len(dataset), *shape), dtype=np.uint8)
+    for index in range(len(dataset)):
+        image = dataset[index][0]
+        if tuple(image.shape) != shape:
+            return None
+        images[index] = image.numpy()
+    return images
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    """Write to a per-process temporary name, then rename: concurrent writers of the same
+    content are harmless and a reader never sees a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as handle:
+            np.save(handle, array)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+class DecodedFaceRecDataset(FaceRecDataset):
+    """A FaceRecDataset whose items come from the decoded-image cache (same items, same order)."""
+
+    def __init__(self, rec_dir, flip: bool, images_path: Optional[Path], images: Optional[np.ndarray]):
+        super().__init__(rec_dir, flip)
+        self.images_path = images_path
+        self._images = images       # None: memory-map images_path lazily in each process
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if self.images_path is not None:
+            state["_images"] = None  # a worker maps the file itself rather than receive a copy
+        return state
+
+    def __getitem__(self, index: int):
+        if self._images is None:
+            self._images = np.load(self.images_path, mmap_mode="r")
+        image = torch.from_numpy(np.array(self._images[index]))
+        if self.flip and random.random() < 0.5:   # the decoding dataset's draw
+            image = image.flip(-1)
+        return image, int(self.labels[index]), index
+
+
+def with_image_cache(dataset, limit_bytes: int = CACHE_LIMIT_BYTES, min_images: int = CACHE_MIN_IMAGES):
+    """`dataset` served from the decoded-image cache when it is a FaceRecDataset of at least
+    `min_images` images whose decoded pixels fit in `limit_bytes` and all have the first image's
+    shape; otherwise unchanged."""
+    if type(dataset) is not FaceRecDataset or len(dataset) == 0 or len(dataset) < min_images:
+        return dataset
+    unflipped = dataset if not dataset.flip else FaceRecDataset(dataset.rec_dir, flip=False)
+    shape = tuple(unflipped[0][0].shape)
+    if len(dataset) * int(np.prod(shape)) > limit_bytes:
+        return dataset
+    path = dataset.rec_path.parent / CACHE_FOLDER / f"{cache_key(dataset)}.npy"
+    if path.is_file():
+        mapped = np.load(path, mmap_mode="r")
+        if mapped.shape == (len(dataset), *shape) and mapped.dtype == np.uint8:
+            return DecodedFaceRecDataset(dataset.rec_dir, dataset.flip, path, None)
+    images = decode_all(unflipped, shape)
+    if images is None:
+        return dataset
+    try:
+        save_npy_atomic(path, images)
+    except OSError:   # read-only data folder: keep this process's copy
+        return DecodedFaceRecDataset(dataset.rec_dir, dataset.flip, None, images)
+    return DecodedFaceRecDataset(dataset.rec_dir, dataset.flip, path, None)

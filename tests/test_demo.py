@@ -2,6 +2,7 @@
 model and bootstrap intervals, the premises are computed from the run's own files, a re-run skips
 finished steps, and the same seed gives the same table. The seed aggregation is checked on
 hand-written reports."""
+import argparse
 import json
 import math
 import re
@@ -207,5 +208,8 @@ def test_seed_verdict_within_spread_and_below(tmp_path):
 def test_seeds_argument():
     assert parse_seeds("0,1,2") == [0, 1, 2]
     for bad in ("0,x", "1,1", ""):
-        with pytest.raises(ValueError, match="--seeds"):
+        with pytest.raises(argparse.ArgumentTypeError, match="comma-separated integers"):
             parse_seeds(bad)
+    refused = subprocess.run([sys.executable, str(DEMO), "--seeds", "1,1"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "distinct comma-separated integers" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -1,15 +1,18 @@
 """The main job end to end on the embedded synthetic data set.
 
 generate data -> split -> old model -> old-model artifacts -> independent new model and the six
-compatible new models -> IJB-C self/cross tests 1:1 and 1:N -> compatibility report.
+compatible new models -> IJB-C self/cross tests 1:1 and 1:N -> compatibility report (with
+bootstrap intervals) -> the premises of the scenario, checked and printed (tools/demo/premises.py).
 
 Every step is a subprocess call of the same script a user runs on MS1M-V3 / IJB-C; this file
 only chooses the paths and the sizes. Finished steps are skipped on a re-run (a stamp file per
-step); a training step that was killed resumes from its last full-state checkpoint.
+step); a training step that was killed resumes from its last full-state checkpoint. Each step's
+wall and CPU seconds are printed and written to timings.json.
 
     python tools/demo/run_demo.py                      # default size, Open-class scenario
     python tools/demo/run_demo.py --quick              # the size the test suite uses
     python tools/demo/run_demo.py --scenario EXdata --out demo_output/exdata
+    python tools/demo/run_demo.py --seeds 0,1,2        # once per seed, then mean +- sd and verdicts
 """
 from __future__ import annotations
 

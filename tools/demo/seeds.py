@@ -8,6 +8,7 @@ also counts the seeds whose own bootstrap interval puts the difference above 0.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -18,13 +19,13 @@ from utils.artifacts import write_text_atomic
 
 
 def parse_seeds(text: str) -> List[int]:
-    """'0,1,2' -> [0, 1, 2] (distinct integers)."""
+    """'0,1,2' -> [0, 1, 2] (distinct integers); an argparse type, so its message reaches the user."""
     try:
         seeds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ValueError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 0,1,2") from None
     if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds {text!r}: expected distinct comma-separated integers, e.g. 0,1,2")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected distinct comma-separated integers, e.g. 0,1,2")
     return seeds
 
 

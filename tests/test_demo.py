@@ -133,10 +133,12 @@ def test_same_seed_gives_the_same_table(two_runs):
 
 def test_rerun_skips_finished_steps(two_runs):
     first, _, _ = two_runs
+    timings = (first / "timings.json").read_text()
     again = run_demo(first)
     assert again.returncode == 0, again.stderr[-2000:]
     skipped = [line for line in again.stdout.splitlines() if "done earlier, skipped" in line]
     assert len(skipped) == 16
+    assert (first / "timings.json").read_text() == timings   # the run that did the work keeps its figures
 
 
 def test_embed_tool_finds_the_reports_embeddings_and_refuses_bad_input(two_runs, capsys):
@@ -166,7 +168,8 @@ def write_run(folder: Path, old: float, cross: float, bootstrap_verdict: str) ->
     (folder / "report").mkdir(parents=True)
     metrics = {"1:N top-1": None, "TAR@FAR=1e-2": None, "TAR@FAR=1e-4": None}
     rows = {"old/old": dict.fromkeys(metrics, old), "M new/new": dict.fromkeys(metrics, 0.9),
-            "M new/old": dict.fromkeys(metrics, cross)}
+            "M new/old": dict.fromkeys(metrics, cross), "new* new/new": dict.fromkeys(metrics, 0.9),
+            "new* new/old": dict.fromkeys(metrics, 0.01)}
     differences = {"M new/old": {m: {"verdict": bootstrap_verdict} for m in HEADLINE}}
     (folder / "report" / "compat_report.json").write_text(json.dumps(
         {"rows": rows, "bootstrap": {"differences_to_old": differences}}))
@@ -188,6 +191,8 @@ def test_seed_report_mean_sd_and_verdicts(tmp_path):
     verdict = summary["verdicts"]["M"]["1:N top-1"]
     assert (verdict["mean"], verdict["sd"]) == (pytest.approx(0.2), pytest.approx(0.1))
     assert verdict["verdict"] == "above old/old" and verdict["seeds_above_by_bootstrap"] == 2
+    assert set(summary["verdicts"]) == {"M"}              # new* is the reference, not judged
+    assert summary["cells"]["new* new/old"]["1:N top-1"]["mean"] == pytest.approx(0.01)
     assert "| old/old | 40.0 +- 10.0 |" in text and "+20.0 +- 10.0: above old/old [2/3]" in text
     assert "seed 0: 1 of 2 met; not met: b" in text
 

@@ -202,7 +202,9 @@ def run_step(step: Step, index: int, total: int, stamps: Path, logs: Path, threa
     stamp = stamps / f"{step.name}.done"
     if stamp.exists():
         say(f"[{index}/{total}] {step.name}: done earlier, skipped")
-        return {"seconds": 0.0, "cpu_seconds": 0.0, "skipped": True}
+        recorded = json.loads(stamp.read_text())
+        return {"seconds": recorded.get("seconds", 0.0), "cpu_seconds": recorded.get("cpu_seconds", 0.0),
+                "skipped": True}
     command = list(step.command)
     if step.training_output is not None and (step.training_output / "checkpoint.pt").exists():
         command.append("--resume")
@@ -310,8 +312,13 @@ def run_once(args, seed: int, out: Path) -> dict:
 
     load_before, start = os.getloadavg()[0], time.time()
     times = run_schedule(steps, args.jobs, stamps, logs)
-    summary = time_summary(times, time.time() - start, load_before, os.getloadavg()[0])
-    write_text_atomic(out / "timings.json", json.dumps(summary, indent=1) + "\n")
+    summary = time_summary({name: timing for name, timing in times.items() if not timing["skipped"]},
+                           time.time() - start, load_before, os.getloadavg()[0])
+    if all(timing["skipped"] for timing in times.values()) and (out / "timings.json").exists():
+        # nothing ran: the timings of the run that did the work stay
+        summary = json.loads((out / "timings.json").read_text())
+    else:
+        write_text_atomic(out / "timings.json", json.dumps(summary, indent=1) + "\n")
     print(f"demo: all {len(steps)} steps finished in {summary['wall_seconds']:.1f} s "
           f"({summary['wall_seconds'] / 60:.1f} min), {summary['cpu_seconds']:.1f} CPU s: "
           f"{summary['busy_cores']} of {summary['cores']} cores busy on average (load average "

@@ -51,7 +51,8 @@ def seed_summary(reports: List[dict]) -> dict:
     cells = {row: {metric: dict(zip(("mean", "sd"), mean_sd([r["rows"][row][metric] for r in reports])),
                                 values=[r["rows"][row][metric] for r in reports]) for metric in metrics}
              for row in rows}
-    models = [row[: -len(" new/old")] for row in rows if row.endswith(" new/old")]
+    # new* is the reference (no compatibility term), not a method to judge
+    models = [row[: -len(" new/old")] for row in rows if row.endswith(" new/old") and not row.startswith("new* ")]
     verdicts = {}
     for model in models:
         verdicts[model] = {}

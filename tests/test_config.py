@@ -94,6 +94,8 @@ def test_save_config_writes_json_atomically(tmp_path):
                                         if path.stem not in ("base", "ms1mv3", "synthetic")))
 def test_every_shipped_config_loads(name):
     cfg = load_config(REPO_ROOT / "configs" / f"{name}.py")
-    feature_size, network = name.split("_")[-4:-2] if name.startswith("synthetic") else name.split("_")[:2]
+    parts = name.split("_")
+    # synthetic_f128_<network>_<head>_<subset> (network names may hold "_") or f128_<network>_<head>_<subset>
+    feature_size, network = (parts[1], "_".join(parts[2:-2])) if name.startswith("synthetic") else parts[:2]
     assert cfg.embedding_size == int(feature_size[1:]) and cfg.network == network
     assert cfg.head == ("softmax" if "_softmax_" in name else "partial_fc")

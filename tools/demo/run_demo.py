@@ -52,8 +52,8 @@ SUBSET_FOLDERS = {
     "data30": "train_part_30_data", "data70": "train_part_70_data",
     "class100": ".", "data100": ".",
 }
-OLD_CONFIG = REPO_ROOT / "configs" / "synthetic_f128_tiny_softmax_class30.py"
-NEW_CONFIG = REPO_ROOT / "configs" / "synthetic_f128_tiny_arc_class70.py"
+OLD_CONFIG = REPO_ROOT / "configs" / "synthetic_f128_tiny_xs_softmax_class30.py"
+NEW_CONFIG = REPO_ROOT / "configs" / "synthetic_f128_tiny_s_arc_class70.py"
 
 # Sizes. "default" trains with the shipped synthetic configs as they are; "quick" (the test
 # suite's size) overrides the epochs, scaling UniBCT's epoch-based schedule with them.

@@ -15,10 +15,11 @@ from tools.ijbc_eval.compat_report import parse_model_spec  # noqa: E402
 from tools.ijbc_eval.embed import model_embeddings  # noqa: E402
 from tools.ijbc_eval.ijbc_eval import add_embedding_arguments, embedding_options  # noqa: E402
 from tools.ijbc_eval.protocol import load_verification_protocol  # noqa: E402
+from utils.cli import StrictArgumentParser  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StrictArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", metavar="PATH:NETWORK", help="backbone state dict and its network")
     add_embedding_arguments(parser)
     args = parser.parse_args(argv)

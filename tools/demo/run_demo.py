@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from tools.demo.premises import check_premises, describe, learning_rate_budget  # noqa: E402
 from tools.demo.seeds import parse_seeds, write_seed_report  # noqa: E402
 from utils.artifacts import write_text_atomic  # noqa: E402
+from utils.cli import StrictArgumentParser  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.face_rec import FaceRecIndex  # noqa: E402
 
@@ -230,9 +231,7 @@ def run_step(step: Step, index: int, total: int, stamps: Path, logs: Path, threa
     if code != 0:
         raise SystemExit(f"demo: step {step.name!r} failed (exit {code}); its log: {log_path}")
     timing = {"seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1)}
-    tmp = stamp.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"command": command, **timing}) + "\n")
-    os.replace(tmp, stamp)
+    write_text_atomic(stamp, json.dumps({"command": command, **timing}) + "\n")
     say(f"[{index}/{total}] {step.name}: finished in {seconds:.1f} s ({cpu:.1f} CPU s)")
     return {**timing, "skipped": False}
 
@@ -332,7 +331,7 @@ def run_once(args, seed: int, out: Path) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StrictArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "demo_output",
                         help="folder for everything the run writes (default: demo_output/)")
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="OPclass",

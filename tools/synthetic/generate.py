@@ -36,6 +36,8 @@ from tools.synthetic.faces import (NUISANCE_PRESETS, FaceModel, ImageConditions,
                                    image_quality, jitter_conditions, placement_matrix, render_face,
                                    sample_conditions, sample_identity)
 from utils.artifacts import write_text_atomic  # noqa: E402
+from utils.atomic_files import atomic_write  # noqa: E402
+from utils.cli import StrictArgumentParser  # noqa: E402
 from utils.face_rec import FaceRecWriter  # noqa: E402
 from utils.progress import ProgressReporter, run_tool  # noqa: E402
 from utils.recordio import encode_image  # noqa: E402
@@ -92,9 +94,7 @@ def encode_rgb(image_rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    atomic_write(path, lambda handle: handle.write(data))
 
 
 @dataclass(frozen=True)
@@ -404,7 +404,7 @@ def merge_with_earlier_parts(path: Path, manifest: Dict) -> Dict:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StrictArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "dataset" / "synthetic",
                         help="output folder (default: <repo>/dataset/synthetic)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every identity and image (default 0)")

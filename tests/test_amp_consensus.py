@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.training_fixtures import (launch_with_torchrun, single_thread, tiny_training_keys,  # noqa: E402
-                                     write_config, write_tiny_rec)
+from tests.training_fixtures import (single_thread, tiny_training_keys,  # noqa: E402
+                                     write_config, write_tiny_rec, written_and_launched)
 
 pytestmark = [pytest.mark.distributed]
 
@@ -109,10 +109,7 @@ def train_cases(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("amp_consensus")
-    write_cases(folder)
-    launch_with_torchrun("tests/test_amp_consensus.py", folder, port=29673)
-    return folder
+    return written_and_launched(tmp_path_factory, "amp_consensus", write_cases, "tests/test_amp_consensus.py", 29673)
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.training_fixtures import (launch_with_torchrun, run, single_thread, tiny_training_keys,  # noqa: E402
-                                     torchrun_command, write_config, write_tiny_rec)
+from tests.training_fixtures import (run, single_thread, tiny_training_keys,  # noqa: E402
+                                     torchrun_command, write_config, write_tiny_rec, written_and_launched)
 
 pytestmark = [pytest.mark.distributed]
 
@@ -96,9 +96,7 @@ def train_cases(folder: Path, side: str) -> None:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ddp_step")
-    write_cases(folder)
-    launch_with_torchrun("tests/test_ddp_step.py", folder, port=29641)
+    folder = written_and_launched(tmp_path_factory, "ddp_step", write_cases, "tests/test_ddp_step.py", 29641)
     with single_thread():
         train_cases(folder, "single")
     return folder

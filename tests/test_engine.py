@@ -8,24 +8,12 @@ import torch
 
 from backbones import load_backbone
 from tests.extract_features_probe import PROBE_INDICES, ExtractFeaturesProbe
-from tests.training_fixtures import (run, single_thread, tiny_training_keys, torchrun_command, write_config,
-                                     write_tiny_rec)
+from tests.training_fixtures import run, single_thread, tiny_training_keys, torchrun_command, write_config
 from utils.checkpoint import parameter_indices
 from utils.config import load_config
 from utils.distributed import init_distributed, remove_launcher_args
 from utils.engine import Trainer, mean_over_micro_batches, random_flip, train
 from utils.plain_methods import ArcFaceMethod
-
-
-@pytest.fixture(scope="module")
-def tiny_rec(tmp_path_factory):
-    return write_tiny_rec(tmp_path_factory.mktemp("rec"))
-
-
-@pytest.fixture
-def one_thread():
-    with single_thread():
-        yield
 
 
 def loss_values(log_path: Path):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training_fixtures import REPO_ROOT, single_thread, tiny_training_keys, write_config, write_tiny_rec
+from tests.training_fixtures import REPO_ROOT, tiny_training_keys, write_config, write_tiny_rec
 from utils.engine import train
 from utils.plain_methods import ArcFaceMethod
 
@@ -31,17 +31,6 @@ class RunsCode:
 
     def __reduce__(self):
         return os.system, (f"touch {self.marker}",)
-
-
-@pytest.fixture(scope="module")
-def tiny_rec(tmp_path_factory):
-    return write_tiny_rec(tmp_path_factory.mktemp("safety_rec"))
-
-
-@pytest.fixture
-def one_thread():
-    with single_thread():
-        yield
 
 
 def run_training(config: Path, *extra: str) -> None:
@@ -366,7 +355,7 @@ def test_resume_on_other_data_is_refused(finished_run, tmp_path, capsys):
     config, output = finished_run
     other = write_tiny_rec(tmp_path / "other_rec", seed=3)  # same size and labels, other images and index
     error = refused(capsys, config, "--resume", "--set", f"rec='{other}'")
-    assert "cannot resume" in error and "data set safety_rec" in error and "-> other_rec (32 images" in error
+    assert "cannot resume" in error and "data set tiny_rec" in error and "-> other_rec (32 images" in error
 
 
 def test_resume_with_a_harmless_change_continues(finished_run, capsys):

@@ -88,6 +88,14 @@ def launch_with_torchrun(script: str, folder: Path, port: int, timeout: int = 40
     assert result.returncode == 0, f"{script} under torchrun failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
 
+def written_and_launched(tmp_path_factory, name: str, write_cases, script: str, port: int) -> Path:
+    """A fresh folder, `write_cases(folder)`, then `script folder` under torchrun (2 gloo processes)."""
+    folder = tmp_path_factory.mktemp(name)
+    write_cases(folder)
+    launch_with_torchrun(script, folder, port)
+    return folder
+
+
 @contextlib.contextmanager
 def single_thread():
     """In-process training runs: one thread (like the subprocesses), global determinism flag restored."""

@@ -63,6 +63,9 @@ def test_negative_warmup_reproduces_the_reference_bct_schedule():
         assert factor(step) == pytest.approx(((total - step) / (total + steps_per_epoch)) ** 2)
     assert factor(0) == pytest.approx((35 / 36) ** 2) and round(factor(0), 3) == 0.945
     assert factor(total - 1) > 0
+    # a one-epoch run: warmup_steps = -S = -T is still the reference's formula
+    one_epoch = build_lr_factor(cfg, total, total)
+    assert one_epoch(0) == pytest.approx((total / (2 * total)) ** 2)
     cfg.reference_negative_warmup = False
     with pytest.raises(ValueError, match="reference_negative_warmup=True"):
         build_lr_factor(cfg, steps_per_epoch, total)

@@ -24,8 +24,8 @@ class PolyFactor:
                  negative_warmup: bool = False):
         if total_steps <= 0:
             raise ValueError(f"poly schedule needs total_steps > 0, got {total_steps}")
-        lowest = -total_steps + 1 if negative_warmup else 0
-        if not lowest <= warmup_steps < total_steps:
+        # ((T - t) / (T - w))^power stays in [0, 1] for any negative w: no lower bound is needed
+        if warmup_steps >= total_steps or (warmup_steps < 0 and not negative_warmup):
             raise ValueError(f"warm-up steps {warmup_steps} must lie in [0, total_steps={total_steps})"
                              + ("" if negative_warmup else
                                 " (a negative warmup_epoch reproduces the reference's BCT/UniBCT schedule "

@@ -16,9 +16,10 @@ Quirks of the reference, reproduced by default: with fp16 the z logits are the s
 logits clamped to [-1, 1] (nccl_clamp_logits_quirk), and z_new reaches l2 through a gradient-free
 all_gather, so l2 is logged but trains nothing (nccl_logit_term_gradient = False).
 Data parallel: l1 and l2 are means over the local batch whose gradients are scaled so that W
-ranks x B take the step of one process x W*B (backbone and classifier shards alike). The reference computes l1 through the Partial FC all-gather, whose backward
-multiplies by W: its l1 trains with weight alpha * W at W GPUs. nccl_reference_world_size_factor
-= True reproduces that (the MS1M-V3 grid configs set it; it changes nothing on one process).
+ranks x B take the step of one process x W*B (backbone and classifier shards alike). The
+reference computes l1 through the Partial FC all-gather, whose backward multiplies by W: its l1
+trains with weight alpha * W at W GPUs. nccl_reference_world_size_factor = True reproduces that
+(the MS1M-V3 grid configs set it; it changes nothing on one process).
 """
 from __future__ import annotations
 

@@ -84,10 +84,6 @@ def locate_rec(rec: Union[str, Path]) -> RecLocation:
                      f"{rec_path.name} and {idx_path.name} beside it")
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    atomic_write_text(path, text)  # a temporary unique to this writer; one-line error on a full disk
-
-
 class FaceRecWriter(PublishOnSuccess):
     """Write a face set in RecBuilder's layout; add images grouped by label 0, 1, 2, ... in order."""
 
@@ -146,7 +142,7 @@ class FaceRecWriter(PublishOnSuccess):
         self._writer.write_idx(0, pack(IRHeader(0, header_label, 0, 1), b""))
         self._writer.close()
         height, width = self.image_size
-        _write_text_atomic(self.out_dir / PROPERTY_NAME, f"{num_classes},{height},{width}\n")
+        atomic_write_text(self.out_dir / PROPERTY_NAME, f"{num_classes},{height},{width}\n")
 
     def abort(self) -> None:
         self.closed = True

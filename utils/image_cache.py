@@ -11,6 +11,7 @@ Where the folder is read-only the array is decoded into memory for this process 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import random
@@ -20,6 +21,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from utils.atomic_files import WriteError, atomic_write
 from utils.datasets import FaceRecDataset
 
 CACHE_LIMIT_BYTES = 1 << 30       # decoded pixels; MS1M-size sets keep decoding in the workers
@@ -46,24 +48,12 @@ def decode_all(dataset: FaceRecDataset, shape: Tuple[int, int, int]) -> Optional
     return images
 
 
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    """Write to a per-process temporary name, then rename: concurrent writers of the same
-    content are harmless and a reader never sees a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            np.save(handle, array)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 class DecodedFaceRecDataset(FaceRecDataset):
-    """A FaceRecDataset whose items come from the decoded-image cache (same items, same order)."""
+    """A FaceRecDataset whose items come from the decoded-image cache (same items, same order).
+    Built from the decoding `dataset` itself: its index is not read again."""
 
-    def __init__(self, rec_dir, flip: bool, images_path: Optional[Path], images: Optional[np.ndarray]):
-        super().__init__(rec_dir, flip)
+    def __init__(self, dataset: FaceRecDataset, images_path: Optional[Path], images: Optional[np.ndarray]):
+        self.__dict__.update(dataset.__dict__)
         self.images_path = images_path
         self._images = images       # None: memory-map images_path lazily in each process
 
@@ -88,7 +78,8 @@ def with_image_cache(dataset, limit_bytes: int = CACHE_LIMIT_BYTES, min_images: 
     shape; otherwise unchanged."""
     if type(dataset) is not FaceRecDataset or len(dataset) == 0 or len(dataset) < min_images:
         return dataset
-    unflipped = dataset if not dataset.flip else FaceRecDataset(dataset.rec_dir, flip=False)
+    unflipped = copy.copy(dataset)   # shares the index already read
+    unflipped.flip = False
     shape = tuple(unflipped[0][0].shape)
     if len(dataset) * int(np.prod(shape)) > limit_bytes:
         return dataset
@@ -96,12 +87,14 @@ def with_image_cache(dataset, limit_bytes: int = CACHE_LIMIT_BYTES, min_images: 
     if path.is_file():
         mapped = np.load(path, mmap_mode="r")
         if mapped.shape == (len(dataset), *shape) and mapped.dtype == np.uint8:
-            return DecodedFaceRecDataset(dataset.rec_dir, dataset.flip, path, None)
+            return DecodedFaceRecDataset(dataset, path, None)
     images = decode_all(unflipped, shape)
     if images is None:
         return dataset
     try:
-        save_npy_atomic(path, images)
-    except OSError:   # read-only data folder: keep this process's copy
-        return DecodedFaceRecDataset(dataset.rec_dir, dataset.flip, None, images)
-    return DecodedFaceRecDataset(dataset.rec_dir, dataset.flip, path, None)
+        # a temporary unique to this writer, then a rename: concurrent writers of the same
+        # content are harmless and a reader never sees a partial file
+        atomic_write(path, lambda handle: np.save(handle, images))
+    except WriteError:   # read-only data folder: keep this process's copy
+        return DecodedFaceRecDataset(dataset, None, images)
+    return DecodedFaceRecDataset(dataset, path, None)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from utils.atomic_files import atomic_write
+from utils.checkpoint import one_line_reason
 
 INPUT_NAME, OUTPUT_NAME = "data", "embedding"
 DEFAULT_OPSET = 17
@@ -90,8 +91,7 @@ class OnnxBackbone:
                 serialised if serialised is not None else str(self.path), options,
                 providers=onnx_providers(device))
         except Exception as error:   # onnxruntime raises its own exception types
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(f"{self.path}: not a readable ONNX model ({first_line})") from None
+            raise ValueError(f"{self.path}: not a readable ONNX model ({one_line_reason(error)})") from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
             raise ValueError(f"{self.path}: expected one image input and an embedding output, "

@@ -4,7 +4,6 @@ and ijbc_eval.py measures the .onnx with the same numbers as the .pt it came fro
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

@@ -316,7 +316,7 @@ class Trainer:
                 "sampler_position": self.micro_step_in_epoch * self.cfg.batch_size,
                 "world_size": self.world_size, "per_rank": per_rank, "config": comparable_config(self.cfg),
                 "dataset": self.dataset.fingerprint(),
-                "best_accuracy": dict(self.verification.best) if hasattr(self, "verification") else {}}
+                "best_accuracy": dict(self.verification.best)}
 
     def _scheduler_position(self) -> dict:
         # the schedule itself is rebuilt from the config (a resume may change num_epoch): keep its position only
@@ -379,7 +379,7 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.micro_step_in_epoch = state["micro_step_in_epoch"]
         self.pending_rng = state["per_rank"][self.rank]["rng"] if same_world else None
-        self.best_accuracy = state.get("best_accuracy", {})
+        self.verification.best.update(state.get("best_accuracy", {}))
         if not same_world:
             notes.append((logging.WARNING, f"resuming with changed world size {state['world_size']} -> {self.world_size}: random "
                          "states restart and every rank starts from rank 0's method state"))
@@ -510,7 +510,6 @@ class Trainer:
         self.logger.info(f"epoch {epoch} done: {Path(self.cfg.output) / 'model.pt'}")
 
     def fit(self) -> None:
-        self.verification.best.update(getattr(self, "best_accuracy", {}))
         self.backbone.train()
         self.head.train()
         self.extra.train()

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Optional
 
 from utils.atomic_files import describe_os_error
+from utils.checkpoint import CHECKPOINT_FILE, DEBUG_CHECKPOINT_FILE, MODEL_FILE
 
 LOCK_NAME = ".lock"
 _HELD_LOCKS: list = []   # this process's locks, released together when a run stops on an error
-RUN_FILES = ("model.pt", "checkpoint.pt", "checkpoint_nonfinite.pt", "config.json")
+TRAINED_FILES = (MODEL_FILE, CHECKPOINT_FILE)   # what a fresh run must not overwrite
+RUN_FILES = TRAINED_FILES + (DEBUG_CHECKPOINT_FILE, "config.json")
 RUN_FOLDERS = ("tensorboard",)
 
 
@@ -130,7 +132,7 @@ def release_held_locks() -> None:
 
 def refuse_overwrite(folder) -> None:
     """A fresh run must not replace the model or checkpoint of an earlier run in `folder`."""
-    found = [name for name in RUN_FILES[:2] if (Path(folder) / name).exists()]
+    found = [name for name in TRAINED_FILES if (Path(folder) / name).exists()]
     if found:
         raise ValueError(f"{folder} already holds {' and '.join(found)} of an earlier run: pass --resume to "
                          f"continue it, --start-over to train again from scratch (removes them), or "

@@ -13,7 +13,7 @@ import os
 import runpy
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from easydict import EasyDict
 
@@ -68,11 +68,18 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def typed_override(text: str, default: Any) -> Any:
-    """The value of override `text` (key=value) as the type of the key's default in configs/base.py:
-    bools take True / False only, numbers a number, lists and tuples a list or tuple literal,
-    strings the text as written; keys whose default is None take any literal."""
+def typed_override(text: str, defaults: Mapping[str, Any]) -> tuple[str, Any]:
+    """(key, value) of override `text` (key=value): the key must be one of `defaults` (configs/base.py),
+    the value is taken as the type of the key's default there."""
     key, value = parse_override(text)
+    if key not in defaults:
+        raise _unknown_key_error(key, defaults, f"override {text!r}")
+    return key, _as_type_of_default(key, value, text, defaults[key])
+
+
+def _as_type_of_default(key: str, value: Any, text: str, default: Any) -> Any:
+    """bools take True / False only, numbers a number, lists and tuples a list or tuple literal,
+    strings the text as written; keys whose default is None take any literal."""
     raw_value = text.partition("=")[2].strip()
     if default is None or (value is None and key in NULLABLE_KEYS):
         return value
@@ -119,10 +126,8 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> EasyD
             raise _unknown_key_error(key, merged, str(config_path))
         merged[key] = value
     for text in overrides:
-        key, _ = parse_override(text)
-        if key not in merged:
-            raise _unknown_key_error(key, merged, f"override {text!r}")
-        merged[key] = typed_override(text, defaults[key])
+        key, value = typed_override(text, defaults)
+        merged[key] = value
     if merged.get("output") in (None, ""):
         merged["output"] = str(Path("work_dirs") / config_path.stem)
     for key in PATH_KEYS:

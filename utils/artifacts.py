@@ -162,8 +162,7 @@ def _jsonable(value):
     return str(value)
 
 
-def write_text_atomic(path, text: str) -> None:
-    atomic_write_text(path, text)
+write_text_atomic = atomic_write_text  # the name the tools import: one writer, not a wrapper around it
 
 
 def write_manifest(artifact_path, *, kind: str, tool: str, args, dataset: Optional[Mapping],

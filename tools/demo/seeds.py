@@ -12,7 +12,7 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
 from tools.demo.premises import HEADLINE
 from utils.artifacts import write_text_atomic
@@ -35,8 +35,8 @@ def mean_sd(values: Sequence[float]) -> tuple:
     return mean, sd
 
 
-def verdict(differences: Sequence[float]) -> str:
-    mean, sd = mean_sd(differences)
+def verdict(mean: float, sd: float) -> str:
+    """The verdict on a difference of mean +- sd over the seeds."""
     if mean - sd > 0:
         return "above old/old"
     if mean + sd < 0:
@@ -62,7 +62,7 @@ def seed_summary(reports: List[dict]) -> dict:
             above = [r.get("bootstrap", {}).get("differences_to_old", {}).get(f"{model} new/old", {})
                      .get(metric, {}).get("verdict") == "above" for r in reports]
             verdicts[model][metric] = {"mean": mean, "sd": sd, "differences": differences,
-                                       "verdict": verdict(differences),
+                                       "verdict": verdict(mean, sd),
                                        "seeds_above_by_bootstrap": sum(above) if metric in HEADLINE else None}
     return {"metrics": metrics, "cells": cells, "verdicts": verdicts}
 

@@ -112,8 +112,13 @@ def load_backbone(path: Union[str, Path], name: str, num_features: int,
     """Build `name` and load the backbone weights at `path` (weights_only; see
     `backbone_weights` for the accepted forms). A file written for another network or feature
     size raises ValueError naming the file and the keys."""
-    path = Path(path)
-    state_dict = read_backbone_weights(path)
+    return backbone_from_weights(read_backbone_weights(path), path, name, num_features, device, **kw)
+
+
+def backbone_from_weights(state_dict: Dict[str, torch.Tensor], path: Union[str, Path], name: str,
+                          num_features: int, device: Union[str, torch.device] = "cpu", **kw) -> nn.Module:
+    """Build `name` with the weights `read_backbone_weights(path)` returned (for a caller that
+    already read them); a mismatch raises ValueError naming `path` and the keys."""
     model = get_model(name, num_features, **kw)
     mismatch = _describe_mismatch(model, state_dict)
     if mismatch:

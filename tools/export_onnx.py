@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from backbones import infer_num_features, load_backbone, read_backbone_weights  # noqa: E402
+from backbones import (backbone_from_weights, infer_num_features,  # noqa: E402
+                       read_backbone_weights)
 from backbones.onnx_export import (DEFAULT_OPSET, IMAGE_SHAPE, OnnxBackbone,  # noqa: E402
                                    export_backbone, write_onnx)
 from utils.artifacts import file_sha256  # noqa: E402
@@ -62,10 +63,11 @@ def main(argv=None) -> Path:
     output = args.output if args.output is not None else args.model.with_suffix(".onnx")
     if output.resolve() == args.model.resolve():
         raise ValueError(f"-o {output} would overwrite the model it is exported from")
+    weights = read_backbone_weights(args.model)   # read once: the size and the model come from it
     num_features = args.num_features
     if num_features is None:
-        num_features = infer_num_features(read_backbone_weights(args.model), args.model)
-    model = load_backbone(args.model, args.network, num_features).eval()
+        num_features = infer_num_features(weights, args.model)
+    model = backbone_from_weights(weights, args.model, args.network, num_features).eval()
     serialised = export_backbone(model, args.network, num_features, file_sha256(args.model),
                                  args.dynamic_batch, args.opset)
 

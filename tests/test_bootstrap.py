@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tools.ijbc_eval.bootstrap import (bootstrap_tar_at_far, bootstrap_top1, identification_subjects, interval,
-                                       pair_subjects, subject_counts, weighted_tar_at_far)
+                                       pair_subjects, subject_counts)
 from tools.ijbc_eval.verification import roc_curve, tar_at_far_nearest
 
 
@@ -50,7 +50,8 @@ def test_unit_weights_give_the_nearest_point_of_the_full_roc(far):
     pairs, labels, scores, _ = synthetic_protocol(rng)
     fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
     expected = tar_at_far_nearest(fpr, tpr, [far])[0]
-    assert weighted_tar_at_far(scores, labels, np.ones((1, len(scores))), far)[0] == pytest.approx(expected)
+    sides, count = pair_subjects(pairs, labels)   # every subject drawn once: every pair weighs 1
+    assert bootstrap_tar_at_far(scores, labels, sides, np.ones((1, count)), far)[0] == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("far", [0.01, 0.1])

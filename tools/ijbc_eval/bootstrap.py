@@ -62,11 +62,11 @@ def nearest_point_tar(tpr: np.ndarray, fpr: np.ndarray, far: float) -> np.ndarra
 
 
 def descending(scores: np.ndarray, labels: np.ndarray):
-    """(pair order by descending score, scores and genuine flags in that order, run ends: only
-    the last pair of a run of equal scores is an ROC point)."""
+    """(pair order by descending score, genuine flags in that order, run ends: only the last
+    pair of a run of equal scores is an ROC point)."""
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
     ordered = np.asarray(scores)[order]
-    return order, ordered, np.asarray(labels).astype(bool)[order], np.r_[ordered[1:] != ordered[:-1], True]
+    return order, np.asarray(labels).astype(bool)[order], np.r_[ordered[1:] != ordered[:-1], True]
 
 
 def tar_from_prefix(genuine: np.ndarray, run_end: np.ndarray, prefix_weights: Callable[[int], np.ndarray],
@@ -89,19 +89,10 @@ def tar_from_prefix(genuine: np.ndarray, run_end: np.ndarray, prefix_weights: Ca
         length = min(len(genuine), 2 * length)
 
 
-def weighted_tar_at_far(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray, far: float) -> np.ndarray:
-    """[R] TAR of the weighted ROC point whose FAR is nearest `far` (ties: the later point, i.e.
-    the larger TAR), for each row of pair weights [R, P]; the ROC keeps every distinct score."""
-    order, _, genuine, run_end = descending(scores, labels)
-    unsorted_genuine = np.asarray(labels).astype(bool)
-    totals = ((weights * unsorted_genuine).sum(axis=1), (weights * ~unsorted_genuine).sum(axis=1))
-    return tar_from_prefix(genuine, run_end, lambda length: weights[:, order[:length]], totals, far)
-
-
 def bootstrap_tar_at_far(scores: np.ndarray, labels: np.ndarray, sides: np.ndarray,
                          counts: np.ndarray, far: float) -> np.ndarray:
     """[R] TAR@FAR under each replicate's subject counts [R, S] (pair weights as above)."""
-    order, _, genuine, run_end = descending(scores, labels)
+    order, genuine, run_end = descending(scores, labels)
     first, second = sides[order, 0], sides[order, 1]
     subjects = counts.shape[1]
     # weighted totals without the [R, P] weights: genuine pairs per subject, impostor pairs per

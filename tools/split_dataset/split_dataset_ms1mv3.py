@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.face_rec import (REC_NAME, FaceRecIndex, FaceRecWriter, is_rec_location,  # noqa: E402
-                            read_property)
+from utils.face_rec import (REC_NAME, FaceRecIndex, FaceRecWriter, image_record_label,  # noqa: E402
+                            is_rec_location, read_property)
 from utils.cli import StrictArgumentParser  # noqa: E402
 from utils.progress import ProgressReporter, run_tool  # noqa: E402
 from utils.recordio import decode_bgr, unpack  # noqa: E402
@@ -74,11 +74,6 @@ def split_names(ratio: float):
             "first_data": f"train_part_{first}_data", "second_data": f"train_part_{second}_data"}
 
 
-def _image_label(header) -> int:
-    label = header.label
-    return int(label if header.flag == 0 else label[0])
-
-
 def split_rec(input_dir, output_root, ratio: float, overwrite: bool = False,
               progress_seconds: float = 30.0):
     """Write the four subsets; return {subset folder name: (num_image, num_classes)}."""
@@ -118,9 +113,10 @@ def split_rec(input_dir, output_root, ratio: float, overwrite: bool = False,
         for position, (key, offset) in enumerate(zip(image_keys.tolist(), index.image_offsets.tolist())):
             header, payload = unpack(reader.read_at(offset))
             label = int(labels[position])
-            if _image_label(header) != label:
+            stated = int(image_record_label(header))
+            if stated != label:
                 raise ValueError(f"{rec_path}: record key {key} changed while reading "
-                                 f"(label {_image_label(header)}, indexed as {label})")
+                                 f"(label {stated}, indexed as {label})")
             if in_first_class[position]:
                 writers["first_class"].add(label, payload)
             else:

@@ -22,7 +22,7 @@ from utils.atomic_files import describe_os_error
 from utils.checkpoint import CHECKPOINT_FILE, DEBUG_CHECKPOINT_FILE, MODEL_FILE
 
 LOCK_NAME = ".lock"
-_HELD_LOCKS: list = []   # this process's locks, released together when a run stops on an error
+_HELD_LOCKS: list = []   # this process's locks, released together when a run stops on an error or exits
 TRAINED_FILES = (MODEL_FILE, CHECKPOINT_FILE)   # what a fresh run must not overwrite
 RUN_FILES = TRAINED_FILES + (DEBUG_CHECKPOINT_FILE, "config.json")
 RUN_FOLDERS = ("tensorboard",)
@@ -105,7 +105,6 @@ class OutputLock:
                 handle.write(json.dumps(self.owner) + "\n")
             self.held = True
             _HELD_LOCKS.append(self)
-            atexit.register(self.release, remove_empty_folder=True)
             return self
         raise ValueError(f"cannot take the lock {self.path}: other runs keep taking it")
 
@@ -128,6 +127,9 @@ def release_held_locks() -> None:
     """Release every lock this process holds; a folder the run created and left empty goes too."""
     for lock in list(_HELD_LOCKS):
         lock.release(remove_empty_folder=True)
+
+
+atexit.register(release_held_locks)  # a run that ends on an unexpected error or an interrupt
 
 
 def refuse_overwrite(folder) -> None:

@@ -37,8 +37,8 @@ from matplotlib.patches import Patch  # noqa: E402
 from tools.ijbc_eval.bootstrap import (REPLICATES, bootstrap_tar_at_far, bootstrap_top1,  # noqa: E402
                                        identification_subjects, interval, pair_subjects, subject_counts)
 from tools.ijbc_eval.embed import model_embeddings  # noqa: E402
-from tools.ijbc_eval.evaluation import (check_compatible_sizes, model_templates, run_identification,  # noqa: E402
-                                        run_verification)
+from tools.ijbc_eval.evaluation import (_query_and_reference_templates, check_compatible_sizes,  # noqa: E402
+                                        run_identification, run_verification)
 from tools.ijbc_eval.identification import FPIR_GRID, _mated_scores  # noqa: E402
 from tools.ijbc_eval.ijbc_eval import add_embedding_arguments, embedding_options  # noqa: E402
 from tools.ijbc_eval.pooling import DEFAULT_VARIANT, Variant, template_rows  # noqa: E402
@@ -76,9 +76,8 @@ def parse_model_spec(text: str, default_network: str, named: bool):
 def rank_one_hits(protocol, identification, probe_model, gallery_model) -> Tuple[dict, dict]:
     """Per gallery: the rank-1 hit of each mated probe and its subject id (the table's top-1 is
     the mean of the hits, averaged over the galleries)."""
-    variant = Variant.parse(DEFAULT_VARIANT)
-    template_ids, probe_side = model_templates(protocol, probe_model, variant)
-    gallery_side = probe_side if gallery_model is None else model_templates(protocol, gallery_model, variant)[1]
+    template_ids, probe_side, gallery_side = _query_and_reference_templates(
+        protocol, probe_model, gallery_model, Variant.parse(DEFAULT_VARIANT))
     probes = identification.probes
     probe_features = probe_side[torch.from_numpy(template_rows(template_ids, probes.template_ids)).long()]
     hits, subjects = {}, {}

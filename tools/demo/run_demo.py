@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from tools.demo.premises import check_premises, describe, learning_rate_budget  # noqa: E402
 from tools.demo.seeds import parse_seeds, write_seed_report  # noqa: E402
+from tools.ijbc_eval.report import write_json  # noqa: E402
 from utils.artifacts import write_text_atomic  # noqa: E402
 from utils.cli import StrictArgumentParser  # noqa: E402
 from utils.config import load_config  # noqa: E402
@@ -286,7 +287,7 @@ def premises_of_run(args, out: Path, trainings: Dict[str, Training], old_output:
     premises = check_premises(json.loads(report_path.read_text()), old_output / "training.log", budgets)
     lines = [describe(name, premise) for name, premise in premises.items()]
     print("demo: premises\n" + "\n".join(f"  {line}" for line in lines))
-    write_text_atomic(out / "report" / "premises.json", json.dumps(premises, indent=1, default=float) + "\n")
+    write_json(out / "report" / "premises.json", premises)
     write_text_atomic(out / "report" / "premises.md", "".join(f"- {line}\n" for line in lines))
     return premises
 
@@ -307,7 +308,7 @@ def run_once(args, seed: int, out: Path) -> dict:
     if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
         raise SystemExit(f"demo: {out} holds a run with other settings ({settings_file.read_text().strip()}); "
                          "use another --out")
-    settings_file.write_text(json.dumps(settings) + "\n")
+    write_text_atomic(settings_file, json.dumps(settings) + "\n")
 
     load_before, start = os.getloadavg()[0], time.time()
     times = run_schedule(steps, args.jobs, stamps, logs)
@@ -317,7 +318,7 @@ def run_once(args, seed: int, out: Path) -> dict:
         # nothing ran: the timings of the run that did the work stay
         summary = json.loads((out / "timings.json").read_text())
     else:
-        write_text_atomic(out / "timings.json", json.dumps(summary, indent=1) + "\n")
+        write_json(out / "timings.json", summary)
     print(f"demo: all {len(steps)} steps finished in {summary['wall_seconds']:.1f} s "
           f"({summary['wall_seconds'] / 60:.1f} min), {summary['cpu_seconds']:.1f} CPU s: "
           f"{summary['busy_cores']} of {summary['cores']} cores busy on average (load average "

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import List, Sequence
 
 from tools.demo.premises import HEADLINE
+from tools.ijbc_eval.report import write_json
 from utils.artifacts import write_text_atomic
 
 
@@ -104,8 +105,6 @@ def write_seed_report(out: Path, runs: List[Path], seeds: Sequence[int]) -> str:
         f"load average {t['load_average_1min']['start']} -> {t['load_average_1min']['end']}"
         for seed, t in zip(seeds, timings)) + "."]
     text = "\n".join(lines) + "\n"
-    write_text_atomic(out / "seeds_report.json", json.dumps({"seeds": list(seeds), **summary,
-                                                             "premises": premises, "timings": timings},
-                                                            indent=1) + "\n")
+    write_json(out / "seeds_report.json", {"seeds": list(seeds), **summary, "premises": premises, "timings": timings})
     write_text_atomic(out / "seeds_report.md", text)
     return text

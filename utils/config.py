@@ -29,6 +29,8 @@ RESUME_FIXED_KEYS = ("method", "synthetic", "num_image", "num_classes", "batch_s
                      "gradient_accumulation_steps", "network", "embedding_size", "head", "optimizer",
                      "old_features", "old_labels", "class_prototypes", "credible_mask", "class_meta",
                      "old_network", "old_embedding_size", "advbct_hidden", "nccl_queue_size")
+# keys a resume may change without a warning (where the run is, how it is named); any other change is logged
+RESUME_IGNORED_KEYS = ("output", "resume", "config_name")
 PATH_KEYS = ("rec", "output", "old_features", "old_labels", "class_prototypes", "credible_mask",
              "class_meta")
 

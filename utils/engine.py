@@ -31,8 +31,8 @@ from utils.checkpoint import (CHECKPOINT_FILE, DEBUG_CHECKPOINT_FILE, atomic_tor
                               parameter_indices, rng_state, save_model, set_rng_state, sharded_head_optimizer_state,
                               state_digest, unwrap)
 from utils.cli import StrictArgumentParser
-from utils.config import (RESUME_FIXED_KEYS, comparable_config, config_differences, config_to_json, load_config,
-                          save_config)
+from utils.config import (RESUME_FIXED_KEYS, RESUME_IGNORED_KEYS, comparable_config, config_differences,
+                          config_to_json, load_config, save_config)
 from utils.distributed import (all_gather_no_grad, all_reduce_sum, average_gradients, barrier, broadcast_object,
                                broadcast_parameters, cleanup, gather_objects, init_distributed, remove_launcher_args)
 from utils.datasets import FaceRecDataset, build_dataset
@@ -50,8 +50,6 @@ class NonFiniteLossError(RuntimeError):
 
 
 EXPECTED_ERRORS = (ValueError, OSError, NonFiniteLossError)
-# resume may change these without a warning (where the run is, how it is named)
-RESUME_IGNORED_KEYS = ("output", "resume", "config_name")
 
 
 def parse_args(argv: Sequence[str], method_class) -> argparse.Namespace:

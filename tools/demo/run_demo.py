@@ -84,7 +84,7 @@ class Training:
     """What the premises need of a new-model training: its script, config and overrides."""
     script: Path
     config: Path
-    overrides: List[str]
+    overrides: List[str]                  # "key=value" as the config loader takes them
 
 
 def python_script(path: str, *args) -> List[str]:
@@ -92,11 +92,13 @@ def python_script(path: str, *args) -> List[str]:
 
 
 def overrides(**values) -> List[str]:
-    """`--set key=value` pairs; values are written as Python literals for the config loader."""
-    out: List[str] = []
-    for key, value in values.items():
-        out += ["--set", f"{key}={value!r}"]
-    return out
+    """"key=value" overrides, values written as Python literals for the config loader."""
+    return [f"{key}={value!r}" for key, value in values.items()]
+
+
+def set_flags(settings: List[str]) -> List[str]:
+    """The training scripts' `--set key=value` flags for `settings`."""
+    return [text for setting in settings for text in ("--set", setting)]
 
 
 def plan(args, seed: int, out: Path):
@@ -122,7 +124,7 @@ def plan(args, seed: int, out: Path):
                                     "--input", data, "--ratio", 0.3), needs=("generate",), concurrent=True),
         Step("old_model", python_script(
             "train_old_softmax.py", OLD_CONFIG,
-            *overrides(rec=str(old_rec), output=str(old_output), seed=seed, **size["old"])),
+            *set_flags(overrides(rec=str(old_rec), output=str(old_output), seed=seed, **size["old"]))),
             training_output=old_output, needs=("split",), concurrent=True),
     ]
     old_network = load_config(OLD_CONFIG).network
@@ -171,7 +173,8 @@ def plan(args, seed: int, out: Path):
     artifact_steps = ("old_features", "class_prototypes", "credible_mask", "class_meta")
     for name, training in trainings.items():
         step = "independent_new_model" if name == "new*" else f"new_model_{name}"
-        steps.append(Step(step, [sys.executable, str(training.script), str(training.config), *training.overrides],
+        steps.append(Step(step, [sys.executable, str(training.script), str(training.config),
+                                 *set_flags(training.overrides)],
                           training_output=outputs[name], concurrent=True,
                           needs=("split",) if name == "new*" else artifact_steps))
         if embed:
@@ -282,7 +285,7 @@ def premises_of_run(args, out: Path, trainings: Dict[str, Training], old_output:
     new_rec = out / "dataset" / "synthetic" / SUBSET_FOLDERS[SCENARIOS[args.scenario][1]]
     num_images = len(FaceRecIndex(new_rec).labels)
     budgets = {name: learning_rate_budget(training.script, training.config,
-                                          [text for text in training.overrides if text != "--set"], num_images)
+                                          training.overrides, num_images)
                for name, training in trainings.items()}
     premises = check_premises(json.loads(report_path.read_text()), old_output / "training.log", budgets)
     lines = [describe(name, premise) for name, premise in premises.items()]

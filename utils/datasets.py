@@ -71,6 +71,7 @@ class FaceRecDataset(Dataset):
         self.image_offsets = index.image_offsets
         self.labels = index.labels
         self.num_classes = check_contiguous_labels(self.labels, self.rec_path)
+        self._ids_are_keys = self._image_ids_are_keys()
         if self.property_path is not None:
             declared_classes, where = read_property(self.property_path)[0], self.property_path
         else:
@@ -93,16 +94,20 @@ class FaceRecDataset(Dataset):
         self._check_record_header(header, index, offset)
         return bgr_to_item(image_bgr, self.flip and random.random() < 0.5), int(self.labels[index]), index
 
+    def _image_ids_are_keys(self) -> bool:
+        """Whether this file's image record ids are their .idx keys, decided by the first, middle
+        and last image records (one slot may be the swapped one)."""
+        if not len(self.image_keys):
+            return False
+        samples = sorted({0, len(self.image_keys) // 2, len(self.image_keys) - 1})
+        matches = sum(int(self.reader.read_header_at(int(self.image_offsets[position])).id)
+                      == int(self.image_keys[position]) for position in samples)
+        return 2 * matches > len(samples)
+
     def _check_record_header(self, header, index: int, offset: int) -> None:
         """The record read must be the one the .idx slot promises (its own label, and its id where
         this file's image ids are their keys): a stale or swapped index is refused, not trained on."""
         key, label = int(self.image_keys[index]), int(self.labels[index])
-        if getattr(self, "_ids_are_keys", None) is None:
-            # decided once, by the first, middle and last image records (one slot may be the swapped one)
-            samples = sorted({0, len(self.image_keys) // 2, len(self.image_keys) - 1})
-            matches = sum(int(self.reader.read_header_at(int(self.image_offsets[position])).id)
-                          == int(self.image_keys[position]) for position in samples)
-            self._ids_are_keys = 2 * matches > len(samples)
         stated = image_record_label(header)
         if stated != label or (self._ids_are_keys and int(header.id) != key):
             raise RecordIOError(f"{self.reader.rec_path}: the .idx slot of key {key} (offset {offset}) holds record "

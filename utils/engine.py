@@ -40,7 +40,8 @@ from utils.face_rec import read_property
 from utils.loader import OneLineErrorLoader, build_loader, to_device
 from utils.logging_utils import TrainingMonitor, setup_logger
 from utils.method import Method, Progress, TrainEnv
-from utils.run_folder import claim_output_folder, clear_previous_run, refuse_overwrite, release_held_locks
+from utils.run_folder import (CONFIG_FILE, claim_output_folder, clear_previous_run, refuse_overwrite,
+                              release_held_locks)
 from utils.schedulers import build_lr_factor, build_scheduler
 from utils.verification import VerificationCallback
 
@@ -243,7 +244,7 @@ class Trainer:
         if removed:
             self.logger.info(f"--start-over: removed {', '.join(removed)} of the earlier run in {cfg.output}")
         if self.rank == 0:
-            save_config(cfg, Path(cfg.output) / "config.json")
+            save_config(cfg, Path(cfg.output) / CONFIG_FILE)
             self.logger.info(f"config {cfg.config_name} (world size {self.world_size}, device {self.device}):\n"
                              f"{config_to_json(cfg)}")
         for level, note in notes:

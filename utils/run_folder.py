@@ -23,8 +23,9 @@ from utils.checkpoint import CHECKPOINT_FILE, DEBUG_CHECKPOINT_FILE, MODEL_FILE
 
 LOCK_NAME = ".lock"
 _HELD_LOCKS: list = []   # this process's locks, released together when a run stops on an error or exits
+CONFIG_FILE = "config.json"   # the resolved config the run was started with
 TRAINED_FILES = (MODEL_FILE, CHECKPOINT_FILE)   # what a fresh run must not overwrite
-RUN_FILES = TRAINED_FILES + (DEBUG_CHECKPOINT_FILE, "config.json")
+RUN_FILES = TRAINED_FILES + (DEBUG_CHECKPOINT_FILE, CONFIG_FILE)
 RUN_FOLDERS = ("tensorboard",)
 
 

@@ -3,7 +3,6 @@ with one line that gives the command that works."""
 import shlex
 import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,18 +11,13 @@ import pytest
 import torch
 
 from backbones import get_model
-from tests.training_fixtures import REPO_ROOT, subprocess_env, tiny_training_keys, write_config
+from tests.training_fixtures import REPO_ROOT, run, tiny_training_keys, write_config
 from tools.denoising.denoise_credible import main as denoise_main
 from tools.get_feature.get_avg_feature import main as avg_main
 from tools.get_feature.get_feature import main as feature_main
 from tools.ijbc_eval import ijbc_eval
 
 REFERENCE_SPLIT = Path(__file__).parent / "data" / "reference_split" / "ms1m-like"
-
-
-def run_in(cwd, command, timeout=240):
-    return subprocess.run(command, cwd=str(cwd), env=subprocess_env(), capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def free_port() -> int:
@@ -70,8 +64,8 @@ def test_get_avg_feature_with_a_config_names_the_feature_command_that_works(old_
 
 def test_get_avg_feature_wiki_line_exits_with_one_line(old_model):
     root, config = old_model
-    result = run_in(REPO_ROOT, [sys.executable, "tools/get_feature/get_avg_feature.py", str(config),
-                                "--SD", "f8_tiny_softmax_class70"], timeout=120)
+    result = run([sys.executable, "tools/get_feature/get_avg_feature.py", str(config),
+                  "--SD", "f8_tiny_softmax_class70"], timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "python tools/get_feature/get_feature.py" in lines[0]
@@ -81,8 +75,8 @@ def test_denoise_credible_at_the_wiki_path_runs_the_denoising_tool(old_model):
     root, config = old_model
     out = root / "denoise"
     feature_main([str(config), "--SD", "f8_tiny_softmax_class70", "--out", str(out), "--num-workers", "0"])
-    result = run_in(REPO_ROOT, [sys.executable, "tools/get_feature/denoise_credible.py", "--T", "0.9",
-                                "--SD", "f8_tiny_softmax_class70", "--out", str(out)], timeout=120)
+    result = run([sys.executable, "tools/get_feature/denoise_credible.py", "--T", "0.9",
+                  "--SD", "f8_tiny_softmax_class70", "--out", str(out)], timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "tools/denoising/denoise_credible.py" in result.stderr.splitlines()[0]
     wiki_mask = np.load(out / "f8_tiny_softmax_class70_credible_0.9.npy")
@@ -115,7 +109,7 @@ def test_wiki_launcher_line_from_a_method_folder_reaches_the_training_cli():
     method_dir = REPO_ROOT / "BCT_Methods" / "MixBCT"
     config = "configs/OPclass_ms1mv3_r18_to_r50_MixBCT_softmax_to_arc_f128.py"
     assert (method_dir / config).is_file()
-    result = run_in(method_dir, wiki_launch(1, "train.py", config), timeout=180)
+    result = run(wiki_launch(1, "train.py", config), timeout=180, cwd=method_dir)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr[-2000:]
@@ -131,7 +125,7 @@ def test_wiki_launcher_line_trains_an_old_model_on_two_processes(tmp_path):
     keys = tiny_training_keys("", output, method="softmax", num_epoch=1, synthetic=True,
                               num_image=16, num_classes=4, embedding_size=16)
     config = write_config(tmp_path / "f16_tiny_softmax_synthetic.py", **keys)
-    result = run_in(REPO_ROOT, wiki_launch(2, "train_old_softmax.py", config), timeout=240)
+    result = run(wiki_launch(2, "train_old_softmax.py", config), timeout=240)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     log = (output / "training.log").read_text()
     assert "world size 2" in log and "step 2/2" in log      # 16 images / (2 ranks x batch 4)

@@ -77,9 +77,9 @@ def torchrun_command(script: str, args: Sequence[str], processes: int = 2, launc
             str(REPO_ROOT / script), *args]
 
 
-def run(command: Sequence[str], timeout: int = 120) -> subprocess.CompletedProcess:
+def run(command: Sequence[str], timeout: int = 120, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(list(command), env=subprocess_env(), capture_output=True, text=True, timeout=timeout,
-                          cwd=str(REPO_ROOT))
+                          cwd=str(cwd))
 
 
 def launch_with_torchrun(script: str, folder: Path, port: int, timeout: int = 400) -> None:

@@ -109,3 +109,18 @@ def test_state_digest_tells_method_states_apart():
     assert state_digest(queue_state(1.0)) != state_digest(queue_state(1.0, class_shard=(2, 2)))
     assert state_digest(torch.tensor([1.0])) != state_digest(torch.tensor([1]))
     assert state_digest({}) == state_digest({}) != state_digest([])
+
+
+def test_resume_keeps_the_best_verification_accuracy(tmp_path, tiny_rec, one_thread):
+    """The best accuracies a checkpoint records survive a resume into the next checkpoint (the run
+    has no verification sets, so nothing can replace them)."""
+    output = tmp_path / "run"
+    config = write_config(tmp_path / "run.py", **tiny_training_keys(tiny_rec, output, num_epoch=1))
+    train(ArcFaceMethod, [str(config)])
+    state = torch.load(output / "checkpoint.pt", weights_only=True)
+    assert state["best_accuracy"] == {}
+    state["best_accuracy"] = {"lfw": 0.75, "cfp_fp": 0.5}
+    torch.save(state, output / "checkpoint.pt")
+    train(ArcFaceMethod, [str(config), "--resume", "--set", "num_epoch=2"])
+    resumed = torch.load(output / "checkpoint.pt", weights_only=True)
+    assert resumed["step"] == 16 and resumed["best_accuracy"] == {"lfw": 0.75, "cfp_fp": 0.5}

@@ -167,7 +167,6 @@ class FaceRecIndex:
     """
 
     def __init__(self, rec, labels_from: str = "auto"):
-        self.rec_dir = Path(rec)
         if labels_from not in ("auto", "images", "identities"):
             raise ValueError(f"labels_from must be auto, images or identities, got {labels_from!r}")
         self.location = locate_rec(rec)

@@ -59,10 +59,11 @@ def _prefix_files(path: Path) -> Tuple[Path, Path]:
 
 def is_rec_location(rec: Union[str, Path]) -> bool:
     """True for a folder holding train.rec or a prefix with .rec and .idx files."""
-    path = Path(rec)
-    if path.is_dir():
-        return (path / REC_NAME).is_file()
-    return all(file.is_file() for file in _prefix_files(path))
+    try:
+        locate_rec(rec)
+    except ValueError:
+        return False
+    return True
 
 
 def locate_rec(rec: Union[str, Path]) -> RecLocation:

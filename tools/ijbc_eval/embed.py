@@ -20,7 +20,7 @@ from torch import fx, nn
 from torch.fx.experimental.optimization import fuse as fuse_conv_batchnorm
 from torch.utils.data import DataLoader, Dataset
 
-from backbones import infer_num_features, load_backbone, read_backbone_weights
+from backbones import backbone_from_weights, infer_num_features, read_backbone_weights
 from backbones.onnx_export import OnnxBackbone
 from tools.ijbc_eval.alignment import similarity_transforms, warp_face
 from tools.ijbc_eval.cache import (cache_file, embedding_cache_key, image_fingerprint,
@@ -129,7 +129,7 @@ def model_embeddings(model_path, network: str, protocol: VerificationProtocol,
     them for exactly this model file, network, feature size, image list and settings. For a
     .onnx file `network` and `num_features` are read from the file."""
     model_path = Path(model_path)
-    onnx_model, amp = None, options.amp
+    onnx_model, weights, amp = None, None, options.amp
     if is_onnx_file(model_path):
         onnx_model = OnnxBackbone(model_path, options.device)
         if num_features is not None and int(num_features) != onnx_model.num_features:
@@ -139,7 +139,8 @@ def model_embeddings(model_path, network: str, protocol: VerificationProtocol,
             print(f"{label}: network {onnx_model.network} (read from {model_path.name})", flush=True)
         network, num_features, amp = onnx_model.network, onnx_model.num_features, False
     elif num_features is None:
-        num_features = infer_num_features(read_backbone_weights(model_path), model_path)
+        weights = read_backbone_weights(model_path)   # kept: a cache miss builds the model from it
+        num_features = infer_num_features(weights, model_path)
     sha256 = file_sha256(model_path)
     key = embedding_cache_key(sha256, network, num_features, protocol.subset,
                               protocol.image_list_sha256, protocol.num_images, amp,
@@ -151,8 +152,12 @@ def model_embeddings(model_path, network: str, protocol: VerificationProtocol,
             print(f"{label}: embeddings of {model_path} from cache {path}", flush=True)
             return ModelEmbeddings(model_path, network, num_features, sha256, *cached, from_cache=True)
         print(f"{label}: {reason}; embedding {protocol.num_images} images", flush=True)
-    model = (onnx_model if onnx_model is not None
-             else load_backbone(model_path, network, num_features, device=options.device))
+    if onnx_model is not None:
+        model = onnx_model
+    else:
+        weights = weights if weights is not None else read_backbone_weights(model_path)
+        model = backbone_from_weights(weights, model_path, network, num_features, device=options.device)
+        del weights
     dataset = AlignedFaceDataset(protocol.image_dir, protocol.image_names, protocol.landmarks)
     embeddings, flip_embeddings = embed_faces(model, dataset, options,
                                               description=f"{label} {network} embedding")

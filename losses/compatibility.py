@@ -75,22 +75,14 @@ def check_method_artifact(cfg, key: str, kind: str, dataset, method_name: str,
     """
     from utils.artifacts import (OLD_FEATURES, ArtifactMismatch, check_artifact, check_content, check_lineage,
                                  read_manifest, recorded_source)
-    from utils.distributed import broadcast_object, get_rank
+    from utils.distributed import check_on_rank0
     path = required_path(cfg, key, method_name)
     fingerprint = dataset.fingerprint()
     rows = dataset.num_classes if per_class else len(dataset.labels)
     manifest = check_artifact(path, kind, fingerprint, expected_dim=expected_dim, expected_rows=rows,
                               expected_network=cfg.get("old_network"), verify_content=False)
     # the content hash (7 GB of MS1M features) is read once, by rank 0; every rank gets its verdict
-    refusal = None
-    if get_rank() == 0:
-        try:
-            check_content(path, manifest)
-        except ArtifactMismatch as error:
-            refusal = str(error)
-    refusal = broadcast_object(refusal)
-    if refusal:
-        raise ArtifactMismatch(refusal)
+    check_on_rank0(lambda: check_content(path, manifest), (ArtifactMismatch,))
     if kind != OLD_FEATURES:
         source = recorded_source(path, manifest)
         # a method that reads no old features (BCT) checks against the feature file the artifact

@@ -6,7 +6,7 @@ import itertools
 import os
 import re
 from datetime import timedelta
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -142,6 +142,20 @@ def broadcast_object(obj, source: int = 0):
     holder = [obj]
     dist.broadcast_object_list(holder, src=source)
     return holder[0]
+
+
+def check_on_rank0(check: Callable[[], object], errors: Tuple[type, ...] = (ValueError,)) -> None:
+    """Run `check` on rank 0 only (a file hash, a lock); when it raises one of `errors`, every rank
+    raises the same error type with the same one-line message (collective: call on every rank)."""
+    refusal = None
+    if get_rank() == 0:
+        try:
+            check()
+        except errors as error:
+            refusal = (type(error), str(error))
+    refusal = broadcast_object(refusal)
+    if refusal is not None:
+        raise refusal[0](refusal[1])
 
 
 class _AllGatherWithGrad(torch.autograd.Function):

@@ -199,7 +199,7 @@ class Trainer:
         self.rank, self.local_rank, self.world_size, self.device = init_distributed(argv)
         # one run per output folder; nothing but the lock is written into it before every check below
         # has passed (_open_output): a refused run leaves the folder as it was
-        self.output_lock = claim_output_folder(cfg.output, self.rank)
+        self.output_lock = claim_output_folder(cfg.output)
         self.logger = setup_logger(None, self.rank)  # console only until then
         if cfg.resume and start_over:
             raise ValueError("--resume and --start-over contradict each other: give one")

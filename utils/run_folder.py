@@ -159,17 +159,10 @@ def clear_previous_run(folder) -> list:
     return removed
 
 
-def claim_output_folder(folder, rank: int) -> OutputLock:
+def claim_output_folder(folder) -> OutputLock:
     """Rank 0 takes the folder's lock; every rank raises the same one-line error when it cannot
     (collective: call on every rank)."""
-    from utils.distributed import broadcast_object
-    lock, error = OutputLock(folder), None
-    if rank == 0:
-        try:
-            lock.acquire()
-        except ValueError as refusal:
-            error = str(refusal)
-    error = broadcast_object(error)
-    if error:
-        raise ValueError(error)
+    from utils.distributed import check_on_rank0
+    lock = OutputLock(folder)
+    check_on_rank0(lock.acquire)
     return lock

@@ -1,6 +1,5 @@
 """Partial FC against a plain ArcFace written out here, on 1 process and on 2 gloo ranks."""
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from losses.margin import CombinedMarginLoss
 from losses.partial_fc import PartialFC, shard_range
 from tests.dist_partial_fc import EMBEDDING_SIZE, NUM_CLASSES, fixed_problem
 from tests.test_heads import naive_margin_logits
+from tests.training_fixtures import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,12 +97,6 @@ def test_state_dict_holds_full_weight_and_rejects_other_sizes():
         head(torch.zeros(4, 5), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[0, 9\).*0\.\.9"):
         head(torch.randn(2, 6), torch.tensor([0, 9]))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.distributed

@@ -2,7 +2,6 @@
 with one line that gives the command that works."""
 import shlex
 import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -11,19 +10,13 @@ import pytest
 import torch
 
 from backbones import get_model
-from tests.training_fixtures import REPO_ROOT, run, tiny_training_keys, write_config
+from tests.training_fixtures import REPO_ROOT, free_port, run, tiny_training_keys, write_config
 from tools.denoising.denoise_credible import main as denoise_main
 from tools.get_feature.get_avg_feature import main as avg_main
 from tools.get_feature.get_feature import main as feature_main
 from tools.ijbc_eval import ijbc_eval
 
 REFERENCE_SPLIT = Path(__file__).parent / "data" / "reference_split" / "ms1m-like"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

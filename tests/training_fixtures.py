@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,13 @@ def subprocess_env() -> Dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("WORLD_SIZE", None), env.pop("RANK", None), env.pop("LOCAL_RANK", None)
     return env
+
+
+def free_port() -> int:
+    """A TCP port on the loopback that nothing listens on right now (for a launcher's master port)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def torchrun_command(script: str, args: Sequence[str], processes: int = 2, launcher: str = "torchrun",

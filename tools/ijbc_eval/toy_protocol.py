@@ -8,7 +8,6 @@ gallery template against every probe template.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import numpy as np

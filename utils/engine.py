@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from backbones import get_model
-from utils.checkpoint import (CHECKPOINT_FILE, DEBUG_CHECKPOINT_FILE, atomic_torch_save, backbone_state_dict,
+from utils.checkpoint import (CHECKPOINT_FILE, DEBUG_CHECKPOINT_FILE, MODEL_FILE, atomic_torch_save, backbone_state_dict,
                               full_head_optimizer_state, head_state, load_checkpoint, load_head_state,
                               parameter_indices, rng_state, save_model, set_rng_state, sharded_head_optimizer_state,
                               state_digest, unwrap)
@@ -506,7 +506,7 @@ class Trainer:
             save_model(self.backbone, self.cfg.output)
         if self.cfg.save_all_states:
             self.save_checkpoint()
-        self.logger.info(f"epoch {epoch} done: {Path(self.cfg.output) / 'model.pt'}")
+        self.logger.info(f"epoch {epoch} done: {Path(self.cfg.output) / MODEL_FILE}")
 
     def fit(self) -> None:
         self.backbone.train()
@@ -520,7 +520,7 @@ class Trainer:
             save_model(self.backbone, self.cfg.output)
         self.verification(self.step, self.model)
         self.monitor.close()
-        self.logger.info(f"finished: {Path(self.cfg.output) / 'model.pt'}")
+        self.logger.info(f"finished: {Path(self.cfg.output) / MODEL_FILE}")
         self.output_lock.release()
 
 

@@ -42,7 +42,7 @@ from utils.logging_utils import TrainingMonitor, setup_logger
 from utils.method import Method, Progress, TrainEnv
 from utils.run_folder import (CONFIG_FILE, claim_output_folder, clear_previous_run, refuse_overwrite,
                               release_held_locks)
-from utils.schedulers import build_lr_factor, build_scheduler
+from utils.schedulers import build_scheduler, training_lr_factor
 from utils.verification import VerificationCallback
 
 
@@ -221,9 +221,8 @@ class Trainer:
         self._build_model()
         self.autocast, self.scaler = autocast_and_scaler(cfg, self.device, self.logger)
         self.optimizer = build_optimizer(cfg, [self.backbone, self.head, self.extra])
-        factor = self.method.lr_lambda(self.steps_per_epoch, self.total_steps)
-        self.scheduler = build_scheduler(self.optimizer, factor or build_lr_factor(cfg, self.steps_per_epoch,
-                                                                                  self.total_steps))
+        self.scheduler = build_scheduler(self.optimizer, training_lr_factor(
+            self.method.lr_lambda, cfg, self.steps_per_epoch, self.total_steps))
         self.epoch, self.step, self.micro_step_in_epoch, self.pending_rng = 0, 0, 0, None
         self.nonfinite_losses = torch.zeros((), device=self.device)   # of the current optimiser step
         self.verification = VerificationCallback(cfg, self.rank, self.device, self.logger)

@@ -63,6 +63,14 @@ def build_lr_factor(cfg, steps_per_epoch: int, total_steps: int) -> Callable[[in
     raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r} (expected 'poly' or 'step')")
 
 
+def training_lr_factor(method_lr_lambda: Callable, cfg, steps_per_epoch: int,
+                       total_steps: int) -> Callable[[int], float]:
+    """The LR factor a training runs with: the method's own schedule (`Method.lr_lambda`, e.g.
+    UniBCT's step decay) when it has one, else the config's (build_lr_factor)."""
+    return (method_lr_lambda(steps_per_epoch, total_steps)
+            or build_lr_factor(cfg, steps_per_epoch, total_steps))
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, factor: Callable[[int], float]):
     """LambdaLR stepping once per optimiser step; the LR at step s is base_lr * factor(s)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)

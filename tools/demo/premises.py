@@ -13,6 +13,7 @@ figures it rests on, so the demo prints why a premise holds or fails.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Dict, List, Sequence
 
 from utils.config import load_config
 from utils.method import Method
-from utils.schedulers import build_lr_factor
+from utils.schedulers import training_lr_factor
 
 MIN_UPDATE_GAIN = 0.15          # new*/new* - old/old, both headline metrics
 NEAR_CHANCE = 0.05              # new*/old at most chance + 5 points
@@ -81,8 +82,8 @@ def learning_rate_budget(script: Path, config: Path, overrides: Sequence[str], n
     steps_per_epoch = num_images // (int(cfg.batch_size) * int(cfg.gradient_accumulation_steps))
     total_steps = steps_per_epoch * int(cfg.num_epoch)
     # lr_lambda reads only the config: a namespace holding it stands in for the method object
-    factor = method_class(script, cfg.method).lr_lambda(SimpleNamespace(cfg=cfg), steps_per_epoch, total_steps)
-    factor = factor or build_lr_factor(cfg, steps_per_epoch, total_steps)
+    method_lr_lambda = functools.partial(method_class(script, cfg.method).lr_lambda, SimpleNamespace(cfg=cfg))
+    factor = training_lr_factor(method_lr_lambda, cfg, steps_per_epoch, total_steps)
     integral = sum(factor(step) for step in range(total_steps)) / steps_per_epoch
     return {"lr": float(cfg.lr), "epochs": int(cfg.num_epoch), "steps_per_epoch": steps_per_epoch,
             "schedule": cfg.lr_schedule, "decay_epochs": list(cfg.decay_epoch), "budget": float(cfg.lr) * integral}

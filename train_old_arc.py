@@ -8,8 +8,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
 
-from utils.engine import train  # noqa: E402
-from utils.plain_methods import ArcFaceMethod  # noqa: E402
+from utils.training.engine import train  # noqa: E402
+from utils.training.plain_methods import ArcFaceMethod  # noqa: E402
 
 if __name__ == "__main__":
     train(ArcFaceMethod)

@@ -13,7 +13,7 @@ from backbones.iresnet import IRESNET_LAYERS, iresnet
 from backbones.mobilefacenet import MOBILEFACENET_SIZES, mobilefacenet
 from backbones.tiny import tiny
 from backbones.vit import VIT_ALIASES, VIT_SIZES, vision_transformer
-from utils.checkpoint import one_line_reason
+from utils.common.errors import one_line_reason
 
 _BUILDERS: Dict[str, Callable[..., nn.Module]] = {}
 for _name in IRESNET_LAYERS:

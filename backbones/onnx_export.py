@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.atomic_files import atomic_write
-from utils.checkpoint import one_line_reason
+from utils.common.atomic_files import atomic_write
+from utils.common.errors import one_line_reason
 
 INPUT_NAME, OUTPUT_NAME = "data", "embedding"
 DEFAULT_OPSET = 17

@@ -6,7 +6,7 @@ tools/split_dataset); the .bin verification sets sit in the full folder.
 """
 from easydict import EasyDict
 
-from utils.artifacts import SUBSETS as ARTIFACT_SUBSETS, artifact_paths, credible_path, scenario_dir
+from utils.artifacts.manifests import SUBSETS as ARTIFACT_SUBSETS, artifact_paths, credible_path, scenario_dir
 
 ROOT = "dataset/ms1m-retinaface-t1"
 VAL_TARGETS = ["lfw", "cfp_fp", "agedb_30"]

@@ -15,7 +15,7 @@ from configs.ms1mv3 import HEADS, old_model_settings
 SYNTHETIC_RECIPE = {
     "embedding_size": 128, "num_classes": None, "num_image": None,
     "batch_size": 64, "lr": 0.1, "fp16": False, "channels_last": True,
-    # decoded images come from the memory-mapped cache (utils/image_cache.py): no loader workers
+    # decoded images come from the memory-mapped cache (utils/data/image_cache.py): no loader workers
     "num_workers": 0,
     # lfw only, at the end: the demo's evaluation is the IJB-C report
     "val_targets": ["lfw"], "verbose": 2000, "frequent": 10, "save_every_steps": 200,

@@ -73,9 +73,9 @@ def check_method_artifact(cfg, key: str, kind: str, dataset, method_name: str,
     from old features (prototypes, credible mask, class meta) must descend from the config's
     `old_features` file and its old model (check_lineage). Raises ArtifactMismatch naming both sides.
     """
-    from utils.artifacts import (OLD_FEATURES, ArtifactMismatch, check_artifact, check_content, check_lineage,
-                                 read_manifest, recorded_source)
-    from utils.distributed import check_on_rank0
+    from utils.artifacts.manifests import (OLD_FEATURES, ArtifactMismatch, check_artifact, check_content, check_lineage,
+                                           read_manifest, recorded_source)
+    from utils.training.distributed import check_on_rank0
     path = required_path(cfg, key, method_name)
     fingerprint = dataset.fingerprint()
     rows = dataset.num_classes if per_class else len(dataset.labels)
@@ -95,5 +95,5 @@ def check_method_artifact(cfg, key: str, kind: str, dataset, method_name: str,
 
 def old_feature_store(cfg, normalise_rows: bool):
     """The per-image old features, memory-mapped and read by the loader workers."""
-    from utils.feature_store import ArrayStore
+    from utils.data.feature_store import ArrayStore
     return ArrayStore(cfg.old_features, normalise_rows=normalise_rows)

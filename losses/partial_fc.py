@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from losses.margin import CombinedMarginLoss
-from utils.distributed import all_gather_no_grad, all_gather_with_grad, get_rank, get_world_size
+from utils.training.distributed import all_gather_no_grad, all_gather_with_grad, get_rank, get_world_size
 
 
 def shard_range(num_classes: int, rank: int, world_size: int) -> Tuple[int, int]:
@@ -144,7 +144,7 @@ class PartialFC(nn.Module):
         in_range = (labels >= 0) & (labels < self.num_classes)
         if labels.device.type != "cpu":
             # no host read on an accelerator (it would stall every step): an asynchronous device
-            # assert; the engine's data are checked once at start-up (utils.datasets.check_dataset)
+            # assert; the engine's data are checked once at start-up (utils.data.datasets.check_dataset)
             torch._assert_async(in_range.all(), f"PartialFC: labels must lie in [0, {self.num_classes})")
             return
         if not bool(in_range.all()):

@@ -13,7 +13,7 @@ import torch.distributed as dist  # noqa: E402
 
 from losses.margin import CombinedMarginLoss  # noqa: E402
 from losses.partial_fc import PartialFC  # noqa: E402
-from utils.distributed import all_gather_no_grad  # noqa: E402
+from utils.training.distributed import all_gather_no_grad  # noqa: E402
 
 GLOBAL_BATCH, EMBEDDING_SIZE, NUM_CLASSES = 8, 16, 11
 

@@ -9,9 +9,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.engine import train  # noqa: E402
-from utils.loader import to_device  # noqa: E402
-from utils.plain_methods import ArcFaceMethod  # noqa: E402
+from utils.training.engine import train  # noqa: E402
+from utils.data.loader import to_device  # noqa: E402
+from utils.training.plain_methods import ArcFaceMethod  # noqa: E402
 
 PROBE_INDICES = [7, 0, 31, 3, 3, 12, 5]  # odd count (uneven rank slices), a repeat, any order
 

@@ -73,7 +73,7 @@ def probing(method_class, case: str):
 
 def write_cases(folder: Path) -> None:
     from tools.benchmark.bench_methods import write_random_artifacts
-    from utils.datasets import FaceRecDataset
+    from utils.data.datasets import FaceRecDataset
     rec = write_tiny_rec(folder / "rec", num_classes=4, per_class=8)
     paths = write_random_artifacts(folder, FaceRecDataset(rec, flip=False), EMBEDDING_SIZE)
     for case, method in CASES.items():
@@ -86,10 +86,10 @@ def write_cases(folder: Path) -> None:
 def train_cases(folder: Path) -> None:
     """Under torchrun: each case for one epoch (4 steps of 2 ranks x 4 images) through the engine."""
     from BCT_methods.AdvBCT.train import AdvBCTMethod
-    from utils.config import load_config
-    from utils.distributed import cleanup
-    from utils.engine import Trainer
-    from utils.plain_methods import ArcFaceMethod, SoftmaxMethod
+    from utils.common.config import load_config
+    from utils.training.distributed import cleanup
+    from utils.training.engine import Trainer
+    from utils.training.plain_methods import ArcFaceMethod, SoftmaxMethod
     classes = {"partial_fc": ArcFaceMethod, "softmax": SoftmaxMethod, "advbct": AdvBCTMethod}
     for case in CASES:
         config = folder / f"{case}.py"
@@ -131,8 +131,8 @@ def test_every_rank_skips_the_step_one_rank_overflowed(trained, case):
 
 def test_bf16_and_fp16_steps_run_on_the_cpu(tmp_path):
     """The autocast branches of the engine, in one process: bf16 (no scaler) and fp16 + GradScaler."""
-    from utils.engine import train
-    from utils.plain_methods import ArcFaceMethod
+    from utils.training.engine import train
+    from utils.training.plain_methods import ArcFaceMethod
     rec = write_tiny_rec(tmp_path / "rec", num_classes=4, per_class=4)
     for precision in ("bf16", "fp16"):
         output = tmp_path / precision

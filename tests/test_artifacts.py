@@ -1,4 +1,4 @@
-"""utils/artifacts.py: manifests, atomic saves, naming of scenario files, and every guard."""
+"""utils/artifacts/manifests.py: manifests, atomic saves, naming of scenario files, and every guard."""
 import hashlib
 import json
 from pathlib import Path
@@ -6,12 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.artifacts import (CLASS_META, CLASS_PROTOTYPES, CREDIBLE_MASK, OLD_FEATURES, OLD_LABELS,
-                             ArtifactMismatch, artifact_paths, check_artifact, credible_path,
-                             file_sha256, load_old_features, manifest_path, model_record,
-                             publish_artifact, read_manifest, save_array_atomic, save_npz_atomic,
-                             scenario_dir, subset_of, subset_rec_dir)
-from utils.datasets import labels_sha256
+from utils.artifacts.manifests import (CLASS_META, CLASS_PROTOTYPES, CREDIBLE_MASK, OLD_FEATURES, OLD_LABELS, ArtifactMismatch, artifact_paths, check_artifact, credible_path, load_old_features, manifest_path, model_record, publish_artifact, read_manifest, save_array_atomic, save_npz_atomic, scenario_dir, subset_of, subset_rec_dir)
+from utils.common.checksums import file_sha256
+from utils.data.datasets import labels_sha256
 
 LABELS = np.array([0, 0, 1, 2, 2, 2], dtype=np.int64)
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones import NETWORK_NAMES, get_model, load_backbone
-from utils.flops import count_flops, count_macs, count_params
+from tools.benchmark.flops import count_flops, count_macs, count_params
 
 
 def iresnet_params(layers, d):

@@ -1,11 +1,11 @@
-"""utils/config.py: merge over configs/base.py, unknown-key hints, path resolution, overrides."""
+"""utils/common/config.py: merge over configs/base.py, unknown-key hints, path resolution, overrides."""
 import json
 import runpy
 from pathlib import Path
 
 import pytest
 
-from utils.config import REPO_ROOT, load_config, parse_override, save_config
+from utils.common.config import REPO_ROOT, load_config, parse_override, save_config
 
 BASE = runpy.run_path(str(Path(__file__).resolve().parents[1] / "configs" / "base.py"))["config"]
 

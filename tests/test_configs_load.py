@@ -5,7 +5,7 @@ import re
 import pytest
 
 from configs.ms1mv3 import compatible_config
-from utils.config import REPO_ROOT, load_config
+from utils.common.config import REPO_ROOT, load_config
 
 # the published MS1M-V3 (ms1m-retinaface-t1) split counts: (identities, images); None = read
 # from the data (data70 is not published; the synthetic set is whatever tools/synthetic made)

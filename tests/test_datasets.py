@@ -1,4 +1,4 @@
-"""utils/datasets.py: items, fingerprints and start-up checks."""
+"""utils/data/datasets.py: items, fingerprints and start-up checks."""
 import hashlib
 import json
 import shutil
@@ -10,8 +10,9 @@ import pytest
 import torch
 from easydict import EasyDict
 
-from utils.datasets import (FaceRecDataset, ImageFolderDataset, SyntheticDataset, build_dataset, check_dataset)
-from utils.recordio import IRHeader, RecordIOWriter, pack_img
+from utils.data.datasets import FaceRecDataset, ImageFolderDataset, SyntheticDataset, check_dataset
+from utils.data.build import build_dataset
+from utils.data.recordio import IRHeader, RecordIOWriter, pack_img
 
 FIXTURES = Path(__file__).parent / "data" / "mxnet_recordio"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())

@@ -61,14 +61,14 @@ def method_classes():
     from BCT_methods.MixBCT.train import MixBCTMethod
     from BCT_methods.NCCL.train import NCCLMethod
     from BCT_methods.UniBCT.train import UniBCTMethod
-    from utils.plain_methods import ArcFaceMethod, SoftmaxMethod
+    from utils.training.plain_methods import ArcFaceMethod, SoftmaxMethod
     return {"arcface": ArcFaceMethod, "softmax": SoftmaxMethod, "L2": L2Method, "BCT": BCTMethod,
             "UniBCT": UniBCTMethod, "NCCL": NCCLMethod, "AdvBCT": AdvBCTMethod, "MixBCT": MixBCTMethod}
 
 
 def write_cases(folder: Path) -> None:
     from tools.benchmark.bench_methods import write_random_artifacts
-    from utils.datasets import FaceRecDataset
+    from utils.data.datasets import FaceRecDataset
     rec = write_tiny_rec(folder / "rec", num_classes=4, per_class=8)
     # T = 0.25: ceil(0.25 * 8) = 2 credible images per class
     paths = write_random_artifacts(folder, FaceRecDataset(rec, flip=False), EMBEDDING_SIZE, credible_threshold=0.25)
@@ -81,8 +81,8 @@ def write_cases(folder: Path) -> None:
 
 
 def train_cases(folder: Path, side: str) -> None:
-    """Every case's `side` config through utils.engine.train, exactly what the scripts call."""
-    from utils import engine
+    """Every case's `side` config through utils.training.engine.train, exactly what the scripts call."""
+    from utils.training import engine
     classes = method_classes()
     cleanup = engine.cleanup
     engine.cleanup = lambda: None      # one process group for every run of a torchrun launch

@@ -1,4 +1,4 @@
-"""utils/engine.py end to end on a tiny rec: one in-process run, 2-process gloo runs of both
+"""utils/training/engine.py end to end on a tiny rec: one in-process run, 2-process gloo runs of both
 old-model scripts (torchrun and torch.distributed.launch), the non-finite-loss stop."""
 import json
 from pathlib import Path
@@ -9,11 +9,11 @@ import torch
 from backbones import load_backbone
 from tests.extract_features_probe import PROBE_INDICES, ExtractFeaturesProbe
 from tests.training_fixtures import run, single_thread, tiny_training_keys, torchrun_command, write_config
-from utils.checkpoint import parameter_indices
-from utils.config import load_config
-from utils.distributed import init_distributed, remove_launcher_args
-from utils.engine import Trainer, mean_over_micro_batches, random_flip, train
-from utils.plain_methods import ArcFaceMethod
+from utils.training.checkpoint import parameter_indices
+from utils.common.config import load_config
+from utils.training.distributed import init_distributed, remove_launcher_args
+from utils.training.engine import Trainer, mean_over_micro_batches, random_flip, train
+from utils.training.plain_methods import ArcFaceMethod
 
 
 def loss_values(log_path: Path):

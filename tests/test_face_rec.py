@@ -1,4 +1,4 @@
-"""utils/face_rec.py: insightface layouts, read against MXNet/RecBuilder fixtures, written back."""
+"""utils/data/face_rec.py: insightface layouts, read against MXNet/RecBuilder fixtures, written back."""
 import hashlib
 import json
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.face_rec import FaceRecIndex, FaceRecWriter, read_property
-from utils.recordio import IRHeader, RecordIOError, RecordIOReader, RecordIOWriter, decode_rgb, pack, unpack
+from utils.data.face_rec import FaceRecIndex, FaceRecWriter, read_property
+from utils.data.recordio import IRHeader, RecordIOError, RecordIOReader, RecordIOWriter, decode_rgb, pack, unpack
 
 FIXTURES = Path(__file__).parent / "data" / "mxnet_recordio"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
@@ -122,7 +122,7 @@ def test_broken_identity_ranges_are_named(tmp_path):
 
 
 def test_writer_refuses_keys_float32_cannot_hold(tmp_path, monkeypatch):
-    import utils.face_rec as face_rec
+    import utils.data.face_rec as face_rec
     monkeypatch.setattr(face_rec, "FLOAT32_EXACT_INTEGERS", 4)   # stands in for 2**24 (a 16.7M-image set)
     writer = FaceRecWriter(tmp_path)
     for label in (0, 0, 1):

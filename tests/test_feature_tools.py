@@ -18,12 +18,11 @@ from tools.get_feature.get_avg_feature import main as avg_main
 from tools.get_feature.get_class_meta import main as meta_main
 from tools.get_feature.get_feature import main as feature_main
 from tools.split_dataset.split_dataset_ms1mv3 import main as split_main
-from utils.artifacts import (CLASS_PROTOTYPES, CREDIBLE_MASK, OLD_FEATURES, ArtifactMismatch,
-                             check_artifact, read_manifest)
-from utils.datasets import FaceRecDataset
-from utils.face_rec import FaceRecIndex, FaceRecWriter
-from utils.old_artifacts import class_meta, class_prototypes, credible_mask
-from utils.recordio import unpack
+from utils.artifacts.manifests import (CLASS_PROTOTYPES, CREDIBLE_MASK, OLD_FEATURES, ArtifactMismatch, check_artifact, read_manifest)
+from utils.data.datasets import FaceRecDataset
+from utils.data.face_rec import FaceRecIndex, FaceRecWriter
+from utils.artifacts.class_statistics import class_meta, class_prototypes, credible_mask
+from utils.data.recordio import unpack
 
 REPO = Path(__file__).resolve().parents[1]
 

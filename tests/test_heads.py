@@ -8,7 +8,7 @@ from easydict import EasyDict
 from configs.base import config as base_config
 from losses import PartialFC, SoftmaxHead, build_head
 from losses.margin import CombinedMarginLoss
-from utils.method import TrainEnv
+from utils.training.method import TrainEnv
 
 
 def naive_margin_logits(cosine, labels, s, m1, m2, m3):

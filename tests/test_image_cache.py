@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from utils.datasets import FaceRecDataset
-from utils.face_rec import FaceRecWriter
-from utils.image_cache import CACHE_FOLDER, DecodedFaceRecDataset, with_image_cache
-from utils.loader import build_loader
+from utils.data.datasets import FaceRecDataset
+from utils.data.face_rec import FaceRecWriter
+from utils.data.image_cache import CACHE_FOLDER, DecodedFaceRecDataset, with_image_cache
+from utils.data.loader import build_loader
 
 
 def write_rec(folder, sizes):

@@ -1,14 +1,14 @@
-"""utils/loader.py (sampler, loader, to_device) and utils/feature_store.py (ArrayStore)."""
+"""utils/data/loader.py (sampler, loader, to_device) and utils/data/feature_store.py (ArrayStore)."""
 import pickle
 
 import numpy as np
 import pytest
 import torch
 
-from utils.datasets import FaceRecDataset
-from utils.face_rec import FaceRecWriter
-from utils.feature_store import ArrayStore
-from utils.loader import ResumableDistributedSampler, build_loader, to_device
+from utils.data.datasets import FaceRecDataset
+from utils.data.face_rec import FaceRecWriter
+from utils.data.feature_store import ArrayStore
+from utils.data.loader import ResumableDistributedSampler, build_loader, to_device
 
 
 # ---- sampler ------------------------------------------------------------------------------------

@@ -19,9 +19,9 @@ from BCT_methods.UniBCT.train import (UniBCTMethod, classes_of_rank, image_chunk
                                       refine_class_prototypes)
 from losses.compatibility import gradient_reverse
 from tools.benchmark.bench_methods import write_random_artifacts
-from utils.artifacts import ArtifactMismatch
-from utils.datasets import SyntheticDataset
-from utils.method import Progress, TrainEnv
+from utils.artifacts.manifests import ArtifactMismatch
+from utils.data.datasets import SyntheticDataset
+from utils.training.method import Progress, TrainEnv
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)

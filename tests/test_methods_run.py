@@ -5,7 +5,7 @@ resume (set-up only) that must give each rank back its own class shard of the qu
 
 Starting Python with torch costs many seconds on a busy machine, so one torchrun launch runs all
 trainings: this file is also the launched script (see the __main__ block), calling
-utils.engine.train(MethodClass, [config]) for each method, exactly what each
+utils.training.engine.train(MethodClass, [config]) for each method, exactly what each
 BCT_methods/<Method>/train.py does. The scripts themselves are started by the last test.
 """
 import os
@@ -40,7 +40,7 @@ BEFORE_RESUME = "checkpoint_before_resume.pt"
 def write_scenario(folder: Path) -> dict:
     """A 4-class, 32-image rec, every artifact of a (random) old model for it, and one config per method."""
     from tools.benchmark.bench_methods import write_random_artifacts
-    from utils.datasets import FaceRecDataset
+    from utils.data.datasets import FaceRecDataset
     rec = write_tiny_rec(folder / "rec", num_classes=4, per_class=8)
     paths = write_random_artifacts(folder, FaceRecDataset(rec, flip=False), EMBEDDING_SIZE)
     for method, keys in METHOD_KEYS.items():
@@ -135,8 +135,8 @@ def train_every_method(folder: Path) -> None:
     from BCT_methods.MixBCT.train import MixBCTMethod
     from BCT_methods.NCCL.train import NCCLMethod
     from BCT_methods.UniBCT.train import UniBCTMethod
-    from utils import engine
-    from utils.distributed import barrier, cleanup
+    from utils.training import engine
+    from utils.training.distributed import barrier, cleanup
     # one process group for all runs: a re-initialised group would need a fresh torchrun store
     engine.cleanup = lambda: None
     train = engine.train
@@ -154,8 +154,8 @@ def train_every_method(folder: Path) -> None:
 
 def save_restored_nccl_queue(folder: Path, method_class) -> None:
     """Set up (no step) a resume of the NCCL run on every rank; save what this rank's queue holds."""
-    from utils.config import load_config
-    from utils.engine import Trainer
+    from utils.common.config import load_config
+    from utils.training.engine import Trainer
     config = folder / "NCCL_config.py"
     cfg = load_config(config)
     cfg.resume = True

@@ -13,7 +13,7 @@ from backbones.onnx_export import OnnxBackbone
 from tools import export_onnx
 from tools.ijbc_eval import ijbc_eval
 from tools.ijbc_eval.toy_protocol import write_toy_protocol
-from utils.artifacts import file_sha256
+from utils.common.checksums import file_sha256
 
 DATA = Path(__file__).parent / "data"
 

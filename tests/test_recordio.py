@@ -1,4 +1,4 @@
-"""utils/recordio.py against files written by the real MXNet 1.9.1 (tests/data/mxnet_recordio)."""
+"""utils/data/recordio.py against files written by the real MXNet 1.9.1 (tests/data/mxnet_recordio)."""
 import hashlib
 import json
 import shutil
@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.recordio import (IRHeader, RecordIOError, RecordIOReader, RecordIOWriter, decode_rgb, pack, pack_img,
-                            unpack, unpack_img)
+from utils.data.recordio import (IRHeader, RecordIOError, RecordIOReader, RecordIOWriter, decode_rgb, pack, pack_img, unpack, unpack_img)
 
 FIXTURES = Path(__file__).parent / "data" / "mxnet_recordio"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())

@@ -16,13 +16,14 @@ from tests.training_fixtures import single_thread, tiny_training_keys, write_con
 from tools.get_feature.get_avg_feature import main as avg_main
 from tools.get_feature.get_feature import main as feature_main
 from tools.split_dataset.split_dataset_ms1mv3 import main as split_main
-from utils.artifacts import CLASS_PROTOTYPES, OLD_FEATURES, ArtifactMismatch, check_artifact, read_manifest
-from utils.config import load_config
-from utils.datasets import FaceRecDataset, build_dataset
-from utils.engine import train
-from utils.face_rec import FaceRecIndex
-from utils.plain_methods import SoftmaxMethod
-from utils.recordio import IRHeader, RecordIOWriter, pack, unpack
+from utils.artifacts.manifests import CLASS_PROTOTYPES, OLD_FEATURES, ArtifactMismatch, check_artifact, read_manifest
+from utils.common.config import load_config
+from utils.data.datasets import FaceRecDataset
+from utils.data.build import build_dataset
+from utils.training.engine import train
+from utils.data.face_rec import FaceRecIndex
+from utils.training.plain_methods import SoftmaxMethod
+from utils.data.recordio import IRHeader, RecordIOWriter, pack, unpack
 
 FIXTURE = Path(__file__).parent / "data" / "reference_split"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())

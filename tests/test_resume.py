@@ -15,9 +15,9 @@ from losses.margin import CombinedMarginLoss
 from losses.partial_fc import PartialFC
 from tests.training_fixtures import (REPO_ROOT, run, single_thread, subprocess_env, tiny_training_keys, write_config,
                                      write_tiny_rec)
-from utils.checkpoint import full_head_optimizer_state, sharded_head_optimizer_state, state_digest
-from utils.engine import train
-from utils.plain_methods import ArcFaceMethod
+from utils.training.checkpoint import full_head_optimizer_state, sharded_head_optimizer_state, state_digest
+from utils.training.engine import train
+from utils.training.plain_methods import ArcFaceMethod
 
 TOTAL_STEPS = 24  # 32 images / batch 4 = 8 steps per epoch, 3 epochs
 

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from tests.training_fixtures import REPO_ROOT, tiny_training_keys, write_config, write_tiny_rec
-from utils.engine import train
-from utils.plain_methods import ArcFaceMethod
+from utils.training.engine import train
+from utils.training.plain_methods import ArcFaceMethod
 
 
 class RunsCode:
@@ -94,7 +94,7 @@ def test_malicious_model_file_is_refused(tmp_path, capsys):
 
 
 def test_malicious_verification_bin_is_refused(tmp_path):
-    from utils.verification import load_bin
+    from utils.data.bin_sets import load_bin
     marker, path = tmp_path / "executed", tmp_path / "lfw.bin"
     path.write_bytes(pickle.dumps(([b"x", b"y"], RunsCode(marker))))
     with pytest.raises(ValueError, match=r"refusing verification set .*lfw\.bin: it asks for posix\.system"):
@@ -105,7 +105,7 @@ def test_malicious_verification_bin_is_refused(tmp_path):
 def test_genuine_bin_layouts_still_load(tmp_path):
     """What insightface .bin files hold: bytes and booleans (a list or a numpy array), also as a
     protocol-2 pickle whose bytes go through _codecs.encode."""
-    from utils.verification import load_bin
+    from utils.data.bin_sets import load_bin
     image = cv2.imencode(".jpg", np.full((112, 112, 3), 80, np.uint8))[1].tobytes()
     for issame, protocol in (([True], 4), (np.array([False]), 2)):
         path = tmp_path / f"set{protocol}.bin"
@@ -130,8 +130,8 @@ def test_object_arrays_never_unpickled(tmp_path):
     cache and the re-plot of result files."""
     from tools.ijbc_eval.cache import load_cached_embeddings
     from tools.ijbc_eval.ijbc_eval import main as ijbc_main
-    from utils.artifacts import ArtifactMismatch, check_artifact, write_manifest
-    from utils.feature_store import ArrayStore
+    from utils.artifacts.manifests import ArtifactMismatch, check_artifact, write_manifest
+    from utils.data.feature_store import ArrayStore
     marker = tmp_path / "executed"
     features = object_array_file(tmp_path / "f_feature.npy", marker, npz=False)
     write_manifest(features, kind="old_features", tool="t", args={}, dataset=None, shape=(1,), dtype="float32")
@@ -174,7 +174,7 @@ def test_second_run_on_a_locked_folder_refuses_at_once(tmp_path, tiny_rec, capsy
 LOCK_RACE = """
 import sys, time
 sys.path.insert(0, sys.argv[3])
-from utils.run_folder import OutputLock
+from utils.common.output_lock import OutputLock
 lock = OutputLock(sys.argv[1])
 while time.time() < float(sys.argv[2]):
     pass
@@ -226,7 +226,7 @@ def small_disk(tmp_path):
         yield mount_point
     finally:
         import logging
-        from utils.logging_utils import LOGGER_NAME
+        from utils.common.logging_utils import LOGGER_NAME
         for handler in list(logging.getLogger(LOGGER_NAME).handlers):  # training.log is open on the disk
             logging.getLogger(LOGGER_NAME).removeHandler(handler)
             handler.close()
@@ -239,7 +239,7 @@ def test_disk_full_ends_with_one_line_and_no_temporary(tmp_path, tiny_rec, small
     if small_disk is None:  # no tmpfs here: every fsync of a write fails as a full disk would
         def full_disk(_descriptor):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        monkeypatch.setattr("utils.atomic_files.os.fsync", full_disk)
+        monkeypatch.setattr("utils.common.atomic_files.os.fsync", full_disk)
         output = tmp_path / "out"
     else:
         output = small_disk / "out"  # room for the log and config.json, not for a 1.3 MB model.pt
@@ -262,9 +262,9 @@ class DatasetStub:
 def two_feature_files(tmp_path):
     """Two old models' features for one data set, each with its credible mask (written by the tool's code)."""
     from easydict import EasyDict
-    from utils.artifacts import derived_manifest_fields, model_record, save_array_atomic
-    from utils.datasets import labels_sha256
-    from utils.old_artifacts import credible_mask
+    from utils.artifacts.manifests import derived_manifest_fields, model_record, save_array_atomic
+    from utils.data.datasets import labels_sha256
+    from utils.artifacts.class_statistics import credible_mask
     labels = np.repeat(np.arange(3), 4)
     fingerprint = {"name": "d", "num_image": 12, "num_classes": 3, "labels_sha256": labels_sha256(labels),
                    "index_sha256": "ab" * 32}
@@ -295,7 +295,7 @@ def check_mixbct_inputs(cfg, dataset):
 
 
 def test_lineage_mix_ups_are_refused(two_feature_files):
-    from utils.artifacts import ArtifactMismatch
+    from utils.artifacts.manifests import ArtifactMismatch
     paths, dataset, config = two_feature_files
     check_mixbct_inputs(config(*paths["a"]), dataset)  # one feature file, its own mask: accepted
     with pytest.raises(ArtifactMismatch, match=r"a_feature\.npy, sha256 .* than .*b_feature\.npy"):
@@ -305,7 +305,7 @@ def test_lineage_mix_ups_are_refused(two_feature_files):
 
 
 def test_feature_file_edited_after_its_manifest_is_refused(two_feature_files):
-    from utils.artifacts import ArtifactMismatch
+    from utils.artifacts.manifests import ArtifactMismatch
     paths, dataset, config = two_feature_files
     features = np.load(paths["a"][0])
     features[3, 2] += 1.0  # same shape and dtype: only the content tells
@@ -318,7 +318,7 @@ def test_feature_file_edited_after_its_manifest_is_refused(two_feature_files):
 def test_content_checksum_is_a_block_tree_hash(tmp_path):
     """content_sha256 = sha256(header, sha256 of each block ...), computed here independently."""
     import hashlib
-    from utils.artifacts import content_sha256
+    from utils.common.checksums import content_sha256
     data = np.random.default_rng(1).integers(0, 256, 10_000, dtype=np.uint8).tobytes()
     (tmp_path / "blob").write_bytes(data)
     top = hashlib.sha256(b"sha256-blocks:4096:10000:")
@@ -340,7 +340,7 @@ def test_resume_with_changed_keys_is_refused(finished_run, capsys, override, dif
 
 def test_resume_with_another_head_is_refused(tmp_path, tiny_rec, capsys, one_thread):
     """A softmax-head run resumed by the ArcFace (Partial FC) script."""
-    from utils.plain_methods import SoftmaxMethod
+    from utils.training.plain_methods import SoftmaxMethod
     output = tmp_path / "softmax"
     config = write_config(tmp_path / "s.py", **tiny_training_keys(tiny_rec, output, num_epoch=1, head="softmax",
                                                                   method="softmax"))
@@ -375,8 +375,8 @@ def swap_index_slots(rec: Path, first_key: int, second_key: int) -> None:
 
 
 def test_swapped_index_is_refused_by_the_training_reader(tmp_path, capsys, one_thread):
-    from utils.datasets import FaceRecDataset
-    from utils.recordio import RecordIOError
+    from utils.data.datasets import FaceRecDataset
+    from utils.data.recordio import RecordIOError
     rec = write_tiny_rec(tmp_path / "rec")
     swap_index_slots(rec, 1, 2)  # two images of class 0: labels agree, the record ids do not
     dataset = FaceRecDataset(rec, flip=False)
@@ -461,7 +461,7 @@ def test_training_cli_is_strict(finished_run, capsys):
 
 
 def test_typed_override_values():
-    from utils.config import load_config
+    from utils.common.config import load_config
     base = REPO_ROOT / "configs" / "base.py"
     cfg = load_config(base, ["tensorboard=false", "lr=1", "clip_grad_norm=None", "network=50",
                              "margin_list=(1.0, 0.5, 0.0)"])
@@ -489,7 +489,7 @@ def test_rng_state_stores_and_restores_only_the_ranks_device(monkeypatch):
     """The CUDA branch, on any machine: the state of this rank's device is read and written, never
     every visible GPU's (a resume may see another number of them)."""
     import random
-    from utils.checkpoint import rng_state, set_rng_state
+    from utils.training.checkpoint import rng_state, set_rng_state
     calls = []
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: calls.append(("get", str(device)))
                         or torch.full((16,), 3, dtype=torch.uint8))
@@ -513,12 +513,12 @@ def test_rng_state_stores_and_restores_only_the_ranks_device(monkeypatch):
 
 def test_rec_writer_on_a_full_disk_leaves_nothing(tmp_path, small_disk, monkeypatch):
     """The RecordIO writer behind the split tool and the synthetic data: one line, no temporary."""
-    from utils.atomic_files import WriteError
-    from utils.face_rec import FaceRecWriter
+    from utils.common.atomic_files import WriteError
+    from utils.data.face_rec import FaceRecWriter
     if small_disk is None:
         def full_disk(_descriptor):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        monkeypatch.setattr("utils.recordio.os.fsync", full_disk)
+        monkeypatch.setattr("utils.data.recordio.os.fsync", full_disk)
         output = tmp_path / "rec"
     else:
         output = small_disk / "rec"

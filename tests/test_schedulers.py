@@ -1,9 +1,9 @@
-"""utils/schedulers.py against the formulas written out here."""
+"""utils/training/schedulers.py against the formulas written out here."""
 import pytest
 import torch
 from easydict import EasyDict
 
-from utils.schedulers import PolyFactor, StepDecayFactor, build_lr_factor, build_scheduler
+from utils.training.schedulers import PolyFactor, StepDecayFactor, build_lr_factor, build_scheduler
 
 
 def learning_rates(factor, base_lr: float, steps: int):
@@ -72,8 +72,8 @@ def test_negative_warmup_reproduces_the_reference_bct_schedule():
 
 
 def test_reference_bct_and_unibct_configs_use_the_negative_warmup():
-    from utils.config import load_config
-    from utils.config import REPO_ROOT
+    from utils.common.config import load_config
+    from utils.common.config import REPO_ROOT
     for method in ("BCT", "UniBCT"):
         for path in sorted((REPO_ROOT / "BCT_methods" / method / "configs").glob("*ms1mv3*.py")):
             cfg = load_config(path)

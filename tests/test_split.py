@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from tools.split_dataset.split_dataset_ms1mv3 import main as split_main
-from utils.face_rec import FaceRecIndex, FaceRecWriter, read_property
-from utils.recordio import IRHeader, MAGIC_BYTES, RecordIOWriter, pack, unpack
+from utils.data.face_rec import FaceRecIndex, FaceRecWriter, read_property
+from utils.data.recordio import IRHeader, MAGIC_BYTES, RecordIOWriter, pack, unpack
 
 SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "split_dataset" / "split_dataset_ms1mv3.py"
 # per-identity image counts: n = 1 (both data parts), 2, 3, 5 (round(1.5) = 2),

@@ -15,10 +15,10 @@ from skimage.transform import SimilarityTransform
 from tools.synthetic import faces
 from tools.synthetic.generate import (BIN_SETS, bin_pair_plan, identity_model, main, media_views, plan_ijbc,
                                       render_train_image, train_image_counts)
-from utils.datasets import FaceRecDataset
-from utils.face_rec import FaceRecIndex, read_property
-from utils.progress import run_tool
-from utils.recordio import decode_rgb, unpack
+from utils.data.datasets import FaceRecDataset
+from utils.data.face_rec import FaceRecIndex, read_property
+from utils.common.progress import run_tool
+from utils.data.recordio import decode_rgb, unpack
 
 # ArcFace reference points written out here, independently of faces.py
 REFERENCE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],

@@ -1,4 +1,4 @@
-"""utils/verification.py: .bin loading (py3 and py2 pickles), flip-sum embedding, and the 10-fold
+"""utils/training/verification.py: .bin loading (py3 and py2 pickles), flip-sum embedding, and the 10-fold
 accuracy against a naive loop implementation written here."""
 import pickle
 import struct
@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from utils.verification import embed_images, find_bin, kfold_accuracy, load_bin, ordered_folds
+from utils.training.verification import embed_images, kfold_accuracy, ordered_folds
+from utils.data.bin_sets import find_bin, load_bin
 
 
 def random_rgb_images(count: int, seed: int = 0) -> np.ndarray:

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from utils.face_rec import FaceRecWriter
+from utils.data.face_rec import FaceRecWriter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,9 +24,9 @@ from backbones import (backbone_from_weights, infer_num_features,  # noqa: E402
                        read_backbone_weights)
 from backbones.onnx_export import (DEFAULT_OPSET, IMAGE_SHAPE, OnnxBackbone,  # noqa: E402
                                    export_backbone, write_onnx)
-from utils.artifacts import file_sha256  # noqa: E402
-from utils.cli import StrictArgumentParser  # noqa: E402
-from utils.progress import run_tool  # noqa: E402
+from utils.common.checksums import file_sha256  # noqa: E402
+from utils.common.cli import StrictArgumentParser  # noqa: E402
+from utils.common.progress import run_tool  # noqa: E402
 
 # the parity the export must reach on random faces, else nothing is written; the difference is
 # taken relative to the embedding scale when that exceeds 1 (untrained networks in eval mode

@@ -27,8 +27,8 @@ from torch import nn  # noqa: E402
 
 from losses.compatibility import (check_feature_sizes, check_method_artifact, float32_region,  # noqa: E402
                                   gradient_reverse, normalized, old_feature_store)
-from utils.distributed import all_reduce_sum, get_world_size  # noqa: E402
-from utils.method import Method  # noqa: E402
+from utils.training.distributed import all_reduce_sum, get_world_size  # noqa: E402
+from utils.training.method import Method  # noqa: E402
 
 CLASS_META_ARRAYS = ("center", "radius", "valid")
 
@@ -130,5 +130,5 @@ class AdvBCTMethod(Method):
 
 
 if __name__ == "__main__":
-    from utils.engine import train
+    from utils.training.engine import train
     train(AdvBCTMethod)

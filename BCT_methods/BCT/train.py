@@ -24,7 +24,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from losses.compatibility import (check_feature_sizes, check_method_artifact, float32_region,  # noqa: E402
                                   normalized)
-from utils.method import Method  # noqa: E402
+from utils.training.method import Method  # noqa: E402
 
 
 def influence_loss(new_embeddings: torch.Tensor, class_prototypes: torch.Tensor,
@@ -63,5 +63,5 @@ class BCTMethod(Method):
 
 
 if __name__ == "__main__":
-    from utils.engine import train
+    from utils.training.engine import train
     train(BCTMethod)

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 from losses.compatibility import (check_feature_sizes, check_method_artifact,  # noqa: E402
                                   normalized, old_feature_store)
-from utils.method import Method  # noqa: E402
+from utils.training.method import Method  # noqa: E402
 
 
 def thresholded_l2_loss(new_embeddings: torch.Tensor, old_features: torch.Tensor,
@@ -50,5 +50,5 @@ class L2Method(Method):
 
 
 if __name__ == "__main__":
-    from utils.engine import train
+    from utils.training.engine import train
     train(L2Method)

@@ -24,8 +24,8 @@ from typing import Tuple  # noqa: E402
 import torch  # noqa: E402
 
 from losses.compatibility import check_feature_sizes, check_method_artifact, old_feature_store  # noqa: E402
-from utils.feature_store import ArrayStore  # noqa: E402
-from utils.method import Method  # noqa: E402
+from utils.data.feature_store import ArrayStore  # noqa: E402
+from utils.training.method import Method  # noqa: E402
 
 
 def mix_old_features(new_embeddings: torch.Tensor, old_features: torch.Tensor, credible_mask: torch.Tensor,
@@ -72,5 +72,5 @@ class MixBCTMethod(Method):
 
 
 if __name__ == "__main__":
-    from utils.engine import train
+    from utils.training.engine import train
     train(MixBCTMethod)

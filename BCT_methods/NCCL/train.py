@@ -38,9 +38,8 @@ import torch.distributed as dist  # noqa: E402
 
 from losses.compatibility import (check_feature_sizes, check_method_artifact, float32_region,  # noqa: E402
                                   normalized, old_feature_store, scale_gradient)
-from utils.distributed import (all_gather_no_grad, all_gather_with_grad, get_rank,  # noqa: E402
-                               get_world_size)
-from utils.method import Method  # noqa: E402
+from utils.training.distributed import all_gather_no_grad, all_gather_with_grad, get_rank, get_world_size
+from utils.training.method import Method  # noqa: E402
 
 
 class NeighbourQueue:
@@ -221,5 +220,5 @@ class NCCLMethod(Method):
 
 
 if __name__ == "__main__":
-    from utils.engine import train
+    from utils.training.engine import train
     train(NCCLMethod)

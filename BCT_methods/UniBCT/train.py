@@ -30,9 +30,9 @@ import torch.distributed as dist  # noqa: E402
 
 from BCT_methods.BCT.train import BCTMethod  # noqa: E402
 from losses.compatibility import check_method_artifact, old_feature_store  # noqa: E402
-from utils.distributed import get_rank, get_world_size  # noqa: E402
-from utils.logging_utils import LOGGER_NAME  # noqa: E402
-from utils.schedulers import StepDecayFactor  # noqa: E402
+from utils.training.distributed import get_rank, get_world_size  # noqa: E402
+from utils.common.logging_utils import LOGGER_NAME  # noqa: E402
+from utils.training.schedulers import StepDecayFactor  # noqa: E402
 
 logger = logging.getLogger(LOGGER_NAME)
 # images whose new features are extracted (by all ranks) and refined at a time: memory stays flat
@@ -175,5 +175,5 @@ class UniBCTMethod(BCTMethod):
 
 
 if __name__ == "__main__":
-    from utils.engine import train
+    from utils.training.engine import train
     train(UniBCTMethod)

@@ -1,7 +1,7 @@
 """Data-loading throughput: RecordIO read + JPEG decode + flip + collate, in images per second.
 
 Measures the loader with 0 workers (the per-core figure) and with N workers (total and per
-worker), then the same set served from the decoded-image cache (utils/image_cache.py, what
+worker), then the same set served from the decoded-image cache (utils/data/image_cache.py, what
 training uses for small sets) with 0 workers: the cost left per image once nothing is decoded. Without a rec folder it first writes a temporary one of random-content 112x112 JPEGs
 (quality 95). Target: 1,500 images/s per CPU core for 112x112 JPEGs.
 
@@ -24,10 +24,10 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from utils.datasets import FaceRecDataset  # noqa: E402
-from utils.face_rec import FaceRecWriter  # noqa: E402
-from utils.image_cache import DecodedFaceRecDataset, with_image_cache  # noqa: E402
-from utils.loader import build_loader  # noqa: E402
+from utils.data.datasets import FaceRecDataset  # noqa: E402
+from utils.data.face_rec import FaceRecWriter  # noqa: E402
+from utils.data.image_cache import DecodedFaceRecDataset, with_image_cache  # noqa: E402
+from utils.data.loader import build_loader  # noqa: E402
 
 TARGET_PER_CORE = 1500.0
 

@@ -1,4 +1,4 @@
-"""The whole training engine on the device, end to end: utils.engine.Trainer with the ArcFace
+"""The whole training engine on the device, end to end: utils.training.engine.Trainer with the ArcFace
 method (Partial FC), the loader (random uint8 images from SyntheticDataset in worker processes),
 flips and normalisation on the device, AMP with the GradScaler, clipping, the per-step skip
 consensus, logging and the epoch-end checkpoint. This is the path a real run takes, so the first
@@ -22,12 +22,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.cli import StrictArgumentParser  # noqa: E402
+from utils.common.cli import StrictArgumentParser  # noqa: E402
 
 from tools.benchmark.devices import DEVICE_CHOICES, device_name, resolve_device, synchronise  # noqa: E402
-from utils.config import BASE_CONFIG, load_config  # noqa: E402
-from utils.engine import Trainer  # noqa: E402
-from utils.plain_methods import ArcFaceMethod  # noqa: E402
+from utils.common.config import BASE_CONFIG, load_config  # noqa: E402
+from utils.training.engine import Trainer  # noqa: E402
+from utils.training.plain_methods import ArcFaceMethod  # noqa: E402
 
 
 class TimedArcFace(ArcFaceMethod):

@@ -22,10 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.cli import StrictArgumentParser  # noqa: E402
+from utils.common.cli import StrictArgumentParser  # noqa: E402
 
-from utils.old_artifacts import (DEFAULT_CHUNK_ROWS, class_meta, class_prototypes,  # noqa: E402
-                                 credible_mask)
+from utils.artifacts.class_statistics import DEFAULT_CHUNK_ROWS, class_meta, class_prototypes, credible_mask
 
 MS1MV3_IMAGES, MS1MV3_CLASSES = 3_598_269, 65_402
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.cli import StrictArgumentParser  # noqa: E402
+from utils.common.cli import StrictArgumentParser  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.cli import StrictArgumentParser  # noqa: E402
+from utils.common.cli import StrictArgumentParser  # noqa: E402
 
 from BCT_methods.AdvBCT.train import AdvBCTMethod  # noqa: E402
 from BCT_methods.BCT.train import BCTMethod  # noqa: E402
@@ -37,13 +37,13 @@ from BCT_methods.NCCL.train import NCCLMethod  # noqa: E402
 from BCT_methods.UniBCT.train import (REFINE_CHUNK_IMAGES, UniBCTMethod, image_chunks,  # noqa: E402
                                       refine_class_prototypes)
 from backbones import get_model  # noqa: E402
-from utils.artifacts import derived_manifest_fields, save_array_atomic, save_npz_atomic  # noqa: E402
-from utils.config import load_config  # noqa: E402
-from utils.datasets import SyntheticDataset  # noqa: E402
-from utils.method import Progress, TrainEnv  # noqa: E402
-from utils.plain_methods import ArcFaceMethod  # noqa: E402
+from utils.artifacts.manifests import derived_manifest_fields, save_array_atomic, save_npz_atomic  # noqa: E402
+from utils.common.config import load_config  # noqa: E402
+from utils.data.datasets import SyntheticDataset  # noqa: E402
+from utils.training.method import Progress, TrainEnv  # noqa: E402
+from utils.training.plain_methods import ArcFaceMethod  # noqa: E402
 from tools.benchmark.devices import DEVICE_CHOICES, device_name, resolve_device, synchronise  # noqa: E402
-from utils.old_artifacts import class_meta, class_prototypes, credible_mask  # noqa: E402
+from utils.artifacts.class_statistics import class_meta, class_prototypes, credible_mask  # noqa: E402
 
 METHODS = {"arcface": ArcFaceMethod, "L2": L2Method, "BCT": BCTMethod, "UniBCT": UniBCTMethod,
            "NCCL": NCCLMethod, "AdvBCT": AdvBCTMethod, "MixBCT": MixBCTMethod}

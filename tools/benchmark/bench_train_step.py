@@ -2,7 +2,7 @@
 ArcFace margin head through Partial FC, backward, gradient clipping, SGD step.
 
 Single process, no data loading (see bench_data.py for that). Reports images/s, ms per step,
-achieved TFLOP/s (forward FLOPs from utils.flops.count_flops plus the head's matmul, x3 for
+achieved TFLOP/s (forward FLOPs from tools.benchmark.flops.count_flops plus the head's matmul, x3 for
 forward + backward) and, on an H100/H200, the fraction of the dense peak (989 TFLOP/s fp16/bf16,
 67 TFLOP/s fp32 without TF32).
 
@@ -24,15 +24,15 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.cli import StrictArgumentParser  # noqa: E402
+from utils.common.cli import StrictArgumentParser  # noqa: E402
 
 from backbones import get_model  # noqa: E402
 from losses import build_head  # noqa: E402
-from utils.config import BASE_CONFIG, load_config  # noqa: E402
-from utils.engine import autocast_and_scaler, build_optimizer  # noqa: E402
-from utils.flops import count_flops  # noqa: E402
-from utils.loader import to_device  # noqa: E402
-from utils.method import TrainEnv  # noqa: E402
+from utils.common.config import BASE_CONFIG, load_config  # noqa: E402
+from utils.training.engine import autocast_and_scaler, build_optimizer  # noqa: E402
+from tools.benchmark.flops import count_flops  # noqa: E402
+from utils.data.loader import to_device  # noqa: E402
+from utils.training.method import TrainEnv  # noqa: E402
 from tools.benchmark.devices import DEVICE_CHOICES, device_name, resolve_device, synchronise  # noqa: E402
 
 # dense tensor-core peaks of the H100 SXM (the H200 has the same compute), TFLOP/s
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     labels = torch.randint(0, args.num_classes, (batch_size,), device=device)
 
     def train_step() -> None:
-        # the engine's order (utils/engine.Trainer._optimizer_step): unscale, clip, step, update
+        # the engine's order (utils/training/engine.Trainer._optimizer_step): unscale, clip, step, update
         batch = to_device({"image": images}, device, args.channels_last)
         with autocast():
             loss = head(model(batch["image"]), labels)

@@ -1,5 +1,5 @@
 """Print the backbone table (parameters, multiply-accumulates and FLOPs of one 112x112 image
-with d = 512, counted by utils/flops.py) and the CPU training throughput of one small network.
+with d = 512, counted by tools/benchmark/flops.py) and the CPU training throughput of one small network.
 
     python tools/benchmark/model_table.py                    # table + tiny train throughput
     python tools/benchmark/model_table.py --throughput-steps 0 --embedding-size 256
@@ -19,13 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.cli import StrictArgumentParser  # noqa: E402
+from utils.common.cli import StrictArgumentParser  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from backbones import NETWORK_NAMES, get_model  # noqa: E402
-from utils.flops import count_macs, count_params  # noqa: E402
+from tools.benchmark.flops import count_macs, count_params  # noqa: E402
 
 
 def model_rows(names, embedding_size):

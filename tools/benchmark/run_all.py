@@ -28,7 +28,7 @@ from typing import Dict, List, Sequence
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from utils.cli import StrictArgumentParser  # noqa: E402
+from utils.common.cli import StrictArgumentParser  # noqa: E402
 BUDGET_SECONDS = 570      # the whole run, inside a 10-minute device window (start-up aside)
 
 # name -> script, arguments per profile, time limit per profile (s), smoke-size overrides.

@@ -15,7 +15,7 @@ from tools.ijbc_eval.compat_report import parse_model_spec  # noqa: E402
 from tools.ijbc_eval.embed import model_embeddings  # noqa: E402
 from tools.ijbc_eval.ijbc_eval import add_embedding_arguments, embedding_options  # noqa: E402
 from tools.ijbc_eval.protocol import load_verification_protocol  # noqa: E402
-from utils.cli import StrictArgumentParser  # noqa: E402
+from utils.common.cli import StrictArgumentParser  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -20,9 +20,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Dict, List, Sequence
 
-from utils.config import load_config
-from utils.method import Method
-from utils.schedulers import training_lr_factor
+from utils.common.config import load_config
+from utils.training.method import Method
+from utils.training.schedulers import training_lr_factor
 
 MIN_UPDATE_GAIN = 0.15          # new*/new* - old/old, both headline metrics
 NEAR_CHANCE = 0.05              # new*/old at most chance + 5 points

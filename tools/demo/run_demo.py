@@ -35,10 +35,10 @@ sys.path.insert(0, str(REPO_ROOT))
 from tools.demo.premises import check_premises, describe, learning_rate_budget  # noqa: E402
 from tools.demo.seeds import parse_seeds, write_seed_report  # noqa: E402
 from tools.ijbc_eval.report import write_json  # noqa: E402
-from utils.artifacts import write_text_atomic  # noqa: E402
-from utils.cli import StrictArgumentParser  # noqa: E402
-from utils.config import load_config  # noqa: E402
-from utils.face_rec import FaceRecIndex  # noqa: E402
+from utils.artifacts.manifests import write_text_atomic  # noqa: E402
+from utils.common.cli import StrictArgumentParser  # noqa: E402
+from utils.common.config import load_config  # noqa: E402
+from utils.data.face_rec import FaceRecIndex  # noqa: E402
 
 METHODS = ("L2", "BCT", "UniBCT", "NCCL", "AdvBCT", "MixBCT")
 

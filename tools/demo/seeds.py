@@ -16,7 +16,7 @@ from typing import List, Sequence
 
 from tools.demo.premises import HEADLINE
 from tools.ijbc_eval.report import write_json
-from utils.artifacts import write_text_atomic
+from utils.artifacts.manifests import write_text_atomic
 
 
 def parse_seeds(text: str) -> List[int]:

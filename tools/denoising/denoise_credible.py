@@ -16,9 +16,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.artifacts import CREDIBLE_MASK, credible_path, derive_artifact, scenario_parser  # noqa: E402
-from utils.old_artifacts import credible_mask  # noqa: E402
-from utils.progress import run_tool  # noqa: E402
+from utils.artifacts.manifests import CREDIBLE_MASK, credible_path, derive_artifact, scenario_parser  # noqa: E402
+from utils.artifacts.class_statistics import credible_mask  # noqa: E402
+from utils.common.progress import run_tool  # noqa: E402
 
 TOOL = "tools/denoising/denoise_credible.py"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tools.denoising.denoise_credible import TOOL, main  # noqa: E402
-from utils.progress import run_tool  # noqa: E402
+from utils.common.progress import run_tool  # noqa: E402
 
 if __name__ == "__main__":
     print(f"note: the denoising tool is python {TOOL} (running it)", file=sys.stderr, flush=True)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.artifacts import CLASS_PROTOTYPES, derive_artifact, scenario_parser  # noqa: E402
-from utils.old_artifacts import class_prototypes  # noqa: E402
-from utils.progress import run_tool  # noqa: E402
+from utils.artifacts.manifests import CLASS_PROTOTYPES, derive_artifact, scenario_parser  # noqa: E402
+from utils.artifacts.class_statistics import class_prototypes  # noqa: E402
+from utils.common.progress import run_tool  # noqa: E402
 
 TOOL = "tools/get_feature/get_avg_feature.py"
 

@@ -15,9 +15,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.artifacts import CLASS_META, derive_artifact, scenario_parser  # noqa: E402
-from utils.old_artifacts import class_meta  # noqa: E402
-from utils.progress import run_tool  # noqa: E402
+from utils.artifacts.manifests import CLASS_META, derive_artifact, scenario_parser  # noqa: E402
+from utils.artifacts.class_statistics import class_meta  # noqa: E402
+from utils.common.progress import run_tool  # noqa: E402
 
 TOOL = "tools/get_feature/get_class_meta.py"
 

@@ -27,17 +27,14 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from backbones import load_backbone  # noqa: E402
-from utils.artifacts import (FEATURE_ROOT, OLD_FEATURES, OLD_LABELS, artifact_paths,  # noqa: E402
-                             add_sd_argument, model_record, publish_artifact, save_array_atomic,
-                             scenario_dir, subset_rec_dir, write_manifest)
-from utils.atomic_files import WriteError, describe_os_error  # noqa: E402
-from utils.cli import StrictArgumentParser  # noqa: E402
-from utils.config import load_config  # noqa: E402
-from utils.datasets import FaceRecDataset  # noqa: E402
-from utils.distributed import (barrier, broadcast_object, cleanup, init_distributed,  # noqa: E402
-                               remove_launcher_args)
-from utils.loader import BatchCollator, seed_worker, to_device  # noqa: E402
-from utils.progress import ProgressReporter, run_tool  # noqa: E402
+from utils.artifacts.manifests import (FEATURE_ROOT, OLD_FEATURES, OLD_LABELS, artifact_paths, add_sd_argument, model_record, publish_artifact, save_array_atomic, scenario_dir, subset_rec_dir, write_manifest)
+from utils.common.atomic_files import WriteError, describe_os_error  # noqa: E402
+from utils.common.cli import StrictArgumentParser  # noqa: E402
+from utils.common.config import load_config  # noqa: E402
+from utils.data.datasets import FaceRecDataset  # noqa: E402
+from utils.training.distributed import barrier, broadcast_object, cleanup, init_distributed, remove_launcher_args
+from utils.data.loader import BatchCollator, seed_worker, to_device  # noqa: E402
+from utils.common.progress import ProgressReporter, run_tool  # noqa: E402
 
 TOOL = "tools/get_feature/get_feature.py"
 AMP_DTYPES = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -18,8 +18,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from tools.ijbc_eval.alignment import ALIGNED_SIZE, REFERENCE_POINTS
-from utils.artifacts import file_sha256
-from utils.atomic_files import atomic_write
+from utils.common.checksums import file_sha256
+from utils.common.atomic_files import atomic_write
 
 CACHE_FORMAT = 2
 FINGERPRINT_SAMPLE = 256   # crops whose whole bytes enter the fingerprint, spread over the list

@@ -44,8 +44,8 @@ from tools.ijbc_eval.ijbc_eval import add_embedding_arguments, embedding_options
 from tools.ijbc_eval.pooling import DEFAULT_VARIANT, Variant, template_rows  # noqa: E402
 from tools.ijbc_eval.protocol import load_identification_protocol, load_verification_protocol  # noqa: E402
 from tools.ijbc_eval.report import markdown_table, save_figure, write_json  # noqa: E402
-from utils.artifacts import write_text_atomic  # noqa: E402
-from utils.cli import StrictArgumentParser  # noqa: E402
+from utils.artifacts.manifests import write_text_atomic  # noqa: E402
+from utils.common.cli import StrictArgumentParser  # noqa: E402
 
 # metric name -> operating point; TAR@FAR=1e-4 and 1e-5 are the published IJB-C columns
 TAR_AT_FAR = {"TAR@FAR=1e-5": 1e-5, "TAR@FAR=1e-4": 1e-4, "TAR@FAR=1e-3": 1e-3, "TAR@FAR=1e-2": 1e-2}

@@ -26,9 +26,9 @@ from tools.ijbc_eval.alignment import similarity_transforms, warp_face
 from tools.ijbc_eval.cache import (cache_file, embedding_cache_key, image_fingerprint,
                                    load_cached_embeddings, save_cached_embeddings)
 from tools.ijbc_eval.protocol import VerificationProtocol
-from utils.artifacts import file_sha256
-from utils.loader import to_device
-from utils.progress import ProgressReporter
+from utils.common.checksums import file_sha256
+from utils.data.loader import to_device
+from utils.common.progress import ProgressReporter
 
 
 @dataclass

@@ -37,8 +37,8 @@ from tools.ijbc_eval.protocol import (SUBSETS, load_identification_protocol,  # 
 from tools.ijbc_eval.report import (identification_tables, markdown_table, plot_roc,  # noqa: E402
                                     plot_tpir, verification_tables, write_json)
 from tools.ijbc_eval.verification import verification_metrics  # noqa: E402
-from utils.cli import StrictArgumentParser  # noqa: E402
-from utils.config import REPO_ROOT  # noqa: E402
+from utils.common.cli import StrictArgumentParser  # noqa: E402
+from utils.common.config import REPO_ROOT  # noqa: E402
 
 GENERIC_MODEL_STEMS = {"model", "backbone", "checkpoint"}
 

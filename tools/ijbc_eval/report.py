@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tools.ijbc_eval.identification import FPIR_SHOWN, shown_rows  # noqa: E402
-from utils.artifacts import write_text_atomic  # noqa: E402
-from utils.atomic_files import atomic_write  # noqa: E402
+from utils.artifacts.manifests import write_text_atomic  # noqa: E402
+from utils.common.atomic_files import atomic_write  # noqa: E402
 
 ROC_FARS_SHOWN = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 

@@ -22,11 +22,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.face_rec import (REC_NAME, FaceRecIndex, FaceRecWriter, image_record_label,  # noqa: E402
-                            is_rec_location, read_property)
-from utils.cli import StrictArgumentParser  # noqa: E402
-from utils.progress import ProgressReporter, run_tool  # noqa: E402
-from utils.recordio import decode_bgr, unpack  # noqa: E402
+from utils.data.face_rec import (REC_NAME, FaceRecIndex, FaceRecWriter, image_record_label, is_rec_location, read_property)
+from utils.common.cli import StrictArgumentParser  # noqa: E402
+from utils.common.progress import ProgressReporter, run_tool  # noqa: E402
+from utils.data.recordio import decode_bgr, unpack  # noqa: E402
 
 
 def check_grouped_labels(labels: np.ndarray, image_keys: np.ndarray, where) -> None:

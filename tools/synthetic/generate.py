@@ -35,12 +35,12 @@ sys.path.insert(0, str(REPO_ROOT))
 from tools.synthetic.faces import (NUISANCE_PRESETS, FaceModel, ImageConditions, build_face_model,  # noqa: E402
                                    image_quality, jitter_conditions, placement_matrix, render_face,
                                    sample_conditions, sample_identity)
-from utils.artifacts import write_text_atomic  # noqa: E402
-from utils.atomic_files import atomic_write  # noqa: E402
-from utils.cli import StrictArgumentParser  # noqa: E402
-from utils.face_rec import FaceRecWriter  # noqa: E402
-from utils.progress import ProgressReporter, run_tool  # noqa: E402
-from utils.recordio import encode_image  # noqa: E402
+from utils.artifacts.manifests import write_text_atomic  # noqa: E402
+from utils.common.atomic_files import atomic_write  # noqa: E402
+from utils.common.cli import StrictArgumentParser  # noqa: E402
+from utils.data.face_rec import FaceRecWriter  # noqa: E402
+from utils.common.progress import ProgressReporter, run_tool  # noqa: E402
+from utils.data.recordio import encode_image  # noqa: E402
 
 # Seed streams: every generator is seeded by [seed, stream, ...keys], so streams never collide.
 STREAM_IDENTITY, STREAM_TRAIN_PLAN, STREAM_TRAIN_IMAGE = 0, 1, 2

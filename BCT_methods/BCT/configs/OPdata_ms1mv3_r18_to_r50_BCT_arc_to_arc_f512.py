@@ -4,4 +4,4 @@ from configs.ms1mv3 import compatible_config
 config = compatible_config("BCT", "OPdata", old_head="arc", embedding_size=512)
 config.bct_weight = 1.0
 config.bct_scale = 1.0             # no scale on the cosine logits, as the reference
-config.warmup_epoch = -1           # as every reference BCT / UniBCT config (utils/schedulers.py)
+config.warmup_epoch = -1           # as every reference BCT / UniBCT config (utils/training/schedulers.py)

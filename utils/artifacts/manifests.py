@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
 import numpy as np
 
-from utils.atomic_files import atomic_write, atomic_write_text
-from utils.cli import StrictArgumentParser
-from utils.config import REPO_ROOT
+from utils.common.atomic_files import atomic_write, atomic_write_text
+from utils.common.checksums import content_sha256, file_sha256
+from utils.common.cli import StrictArgumentParser
+from utils.common.config import REPO_ROOT
 
 FEATURE_ROOT = REPO_ROOT / "feature_save"
 
@@ -101,46 +100,6 @@ def credible_path(sd_name: str, folder, threshold_text: str) -> Path:
 def manifest_path(artifact_path) -> Path:
     artifact_path = Path(artifact_path)
     return artifact_path.with_name(artifact_path.name + ".json")
-
-
-def file_sha256(path, chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk_bytes), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-CONTENT_BLOCK_BYTES = 1 << 26
-
-
-def content_sha256(path, block_bytes: int = CONTENT_BLOCK_BYTES, threads: Optional[int] = None) -> str:
-    """Checksum of an artifact's bytes: sha256 over the sha256 digests of its 64 MiB blocks (a
-    one-level tree hash), the blocks hashed in parallel threads (reads and hashlib release the GIL),
-    so verifying a 3.6 M x 512 float32 feature file (7.4 GB) is bounded by disk speed."""
-    size = os.path.getsize(path)
-    descriptor = os.open(path, os.O_RDONLY)
-
-    def block_digest(start: int) -> bytes:
-        digest, position, end = hashlib.sha256(), start, min(start + block_bytes, size)
-        while position < end:
-            data = os.pread(descriptor, min(end - position, 1 << 22), position)
-            if not data:
-                raise OSError(f"{path} shrank while being hashed")
-            digest.update(data)
-            position += len(data)
-        return digest.digest()
-
-    try:
-        workers = threads or min(8, os.cpu_count() or 1)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            digests = list(pool.map(block_digest, range(0, size, block_bytes)))
-    finally:
-        os.close(descriptor)
-    top = hashlib.sha256(f"sha256-blocks:{block_bytes}:{size}:".encode())
-    for digest in digests:
-        top.update(digest)
-    return top.hexdigest()
 
 
 def model_record(model_path, network: str, embedding_size: int) -> Dict[str, Any]:
@@ -275,7 +234,7 @@ def check_manifest(manifest: Mapping, artifact_path, kind: str,
 
 def check_labels_content(labels: np.ndarray, labels_path, dataset_fingerprint: Optional[Mapping]) -> None:
     """The labels stored in a file must be the labels the fingerprint was taken from."""
-    from utils.datasets import labels_sha256
+    from utils.data.datasets import labels_sha256
     expected = (dataset_fingerprint or {}).get("labels_sha256")
     found = labels_sha256(labels)
     if expected is not None and found != expected:
@@ -403,7 +362,7 @@ def open_scenario(args: argparse.Namespace):
     folder = scenario_dir(args.SD, FEATURE_ROOT, args.out)
     fingerprint = None
     if args.data is not None:
-        from utils.datasets import FaceRecDataset
+        from utils.data.datasets import FaceRecDataset
         fingerprint = FaceRecDataset(args.data, flip=False).fingerprint()
     features, labels, manifest, num_classes = load_old_features(args.SD, folder, fingerprint)
     print(f"{args.SD}: {features.shape[0]} old features of size {features.shape[1]} "

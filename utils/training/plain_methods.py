@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from utils.method import Method, TrainEnv
+from utils.training.method import Method, TrainEnv
 
 logger = logging.getLogger("bct")
 

@@ -21,8 +21,8 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from utils.atomic_files import WriteError, atomic_write
-from utils.datasets import FaceRecDataset
+from utils.common.atomic_files import WriteError, atomic_write
+from utils.data.datasets import FaceRecDataset
 
 CACHE_LIMIT_BYTES = 1 << 30       # decoded pixels; MS1M-size sets keep decoding in the workers
 # below this, decoding costs milliseconds per epoch: not worth a file (nor writing into the

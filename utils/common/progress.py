@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from utils.logging_utils import format_duration, stdout_is_terminal
+from utils.common.logging_utils import format_duration, stdout_is_terminal
 
 
 class ProgressReporter:

@@ -17,9 +17,9 @@ from typing import Any, Iterable, Mapping
 
 from easydict import EasyDict
 
-from utils.atomic_files import atomic_write_text
+from utils.common.atomic_files import atomic_write_text
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]   # utils/common/config.py -> the repository
 BASE_CONFIG = REPO_ROOT / "configs" / "base.py"
 # numeric keys where None means "off"
 NULLABLE_KEYS = ("clip_grad_norm",)

@@ -17,9 +17,8 @@ from typing import NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
-from utils.atomic_files import atomic_write_text
-from utils.recordio import (IRHeader, PublishOnSuccess, RecordIOError, RecordIOReader, RecordIOWriter,
-                            encode_image, pack)
+from utils.common.atomic_files import atomic_write_text
+from utils.data.recordio import (IRHeader, PublishOnSuccess, RecordIOError, RecordIOReader, RecordIOWriter, encode_image, pack)
 
 REC_NAME, IDX_NAME, PROPERTY_NAME = "train.rec", "train.idx", "property"
 FLOAT32_EXACT_INTEGERS = 1 << 24    # identity and header records store keys as float32 labels

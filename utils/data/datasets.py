@@ -2,9 +2,9 @@
 
 Images are decoded in the loader workers. `flip=True` mirrors them there at random (p = 0.5);
 the training engine builds its datasets with `flip=False` and flips on the device instead
-(utils.engine.random_flip: a hash of seed, epoch and index, so a resumed run flips exactly the
+(utils.training.engine.random_flip: a hash of seed, epoch and index, so a resumed run flips exactly the
 same images whatever the worker count). Normalisation happens on the device
-(utils.loader.to_device). Files are opened lazily in each process (a forked worker reopens them).
+(utils.data.loader.to_device). Files are opened lazily in each process (a forked worker reopens them).
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from utils.artifacts import file_sha256
-from utils.face_rec import FaceRecIndex, image_record_label, is_rec_location, read_property
-from utils.recordio import RecordIOError, decode_bgr, unpack
+from utils.common.checksums import file_sha256
+from utils.data.face_rec import FaceRecIndex, image_record_label, read_property
+from utils.data.recordio import RecordIOError, decode_bgr, unpack
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -192,30 +192,3 @@ def check_dataset(dataset, num_classes, num_image, path) -> None:
         raise ValueError(f"{path}: config num_classes = {num_classes} but the data has {dataset.num_classes} classes")
     if num_image is not None and int(num_image) != len(dataset):
         raise ValueError(f"{path}: config num_image = {num_image} but the data has {len(dataset)} images")
-
-
-def build_dataset(cfg, flip: bool = True):
-    """cfg.synthetic -> SyntheticDataset; cfg.rec a folder with train.rec or a prefix with .rec /
-    .idx files -> FaceRecDataset; else an image folder."""
-    if cfg.synthetic:
-        if cfg.num_image is None or cfg.num_classes is None:
-            raise ValueError("config: synthetic data needs num_image and num_classes")
-        dataset = SyntheticDataset(cfg.num_image, cfg.num_classes)
-        where = "synthetic data"
-    else:
-        if not cfg.rec:
-            raise ValueError("config key 'rec' is not set (folder with train.rec, prefix of .rec/.idx "
-                             "files, or an image folder)")
-        rec_dir = Path(cfg.rec)
-        if is_rec_location(rec_dir):
-            dataset = FaceRecDataset(rec_dir, flip)
-        elif rec_dir.is_dir():
-            dataset = ImageFolderDataset(rec_dir, flip)
-        else:
-            raise ValueError(f"config rec = {rec_dir}: neither a folder nor a prefix with "
-                             f"{rec_dir.name}.rec and {rec_dir.name}.idx beside it")
-        from utils.image_cache import with_image_cache  # here: image_cache builds on this module
-        dataset = with_image_cache(dataset)   # small recs: decoded once, memory-mapped after
-        where = rec_dir
-    check_dataset(dataset, cfg.num_classes, cfg.num_image, where)
-    return dataset

@@ -1,6 +1,6 @@
-"""The interface between the one training engine (utils/engine.py) and a training method.
+"""The interface between the one training engine (utils/training/engine.py) and a training method.
 
-The plain ArcFace and softmax trainings are methods too (utils/plain_methods.py); each of the six
+The plain ArcFace and softmax trainings are methods too (utils/training/plain_methods.py); each of the six
 compatible-training methods lives in BCT_methods/<Method>/train.py as a subclass of `Method`.
 The engine calls, in this order:
 
@@ -61,7 +61,7 @@ class Method:
         """Check every artifact this method reads against the training data; raise ValueError."""
 
     def per_sample_arrays(self) -> Dict[str, Any]:
-        """Name -> array-like (e.g. utils.feature_store.ArrayStore) indexed by dataset index.
+        """Name -> array-like (e.g. utils.data.feature_store.ArrayStore) indexed by dataset index.
 
         The loader adds `batch[name] = torch.from_numpy(array[batch_indices])` in its workers.
         """

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.atomic_files import atomic_write
+from utils.common.atomic_files import atomic_write
+from utils.common.errors import one_line_reason
 
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -165,14 +166,6 @@ def parameter_indices(optimizer: torch.optim.Optimizer, parameters: Sequence[nn.
     """State-dict indices (order of the optimizer's param groups) of `parameters`."""
     wanted = {id(parameter) for parameter in parameters}
     return [index for index, parameter in enumerate(_ordered_parameters(optimizer)) if id(parameter) in wanted]
-
-
-def one_line_reason(error: Exception) -> str:
-    """The line of a multi-line torch error that names what went wrong (for weights-only
-    refusals: the global it refused)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line or "WeightsUnpickler" in line]
-    return (named or lines or [type(error).__name__])[0][:200]
 
 
 def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:

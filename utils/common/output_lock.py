@@ -1,11 +1,7 @@
-"""One training run per output folder, and no finished run overwritten by accident.
-
-`OutputLock` is a file `<output>/.lock` holding the owner's host, pid and process start time,
-created atomically (O_EXCL) before anything else is written into the folder and removed when the
-run ends. A second run on the folder refuses at once; a lock left by a process that is gone
-(kill -9, power loss) on this host is reclaimed. `refuse_overwrite` stops a fresh run in a folder
-that holds a trained model or checkpoint unless the run resumes or starts over on purpose;
-`clear_previous_run` is what starting over removes.
+"""One writer per output folder: `OutputLock` is a file `<output>/.lock` holding the owner's host,
+pid and process start time, created atomically (O_EXCL) before anything else is written into the
+folder and removed when the owner ends. A second writer refuses at once; a lock left by a process
+that is gone (kill -9, power loss) on this host is reclaimed.
 """
 from __future__ import annotations
 
@@ -13,20 +9,14 @@ import atexit
 import contextlib
 import json
 import os
-import shutil
 import socket
 from pathlib import Path
 from typing import Optional
 
-from utils.atomic_files import describe_os_error
-from utils.checkpoint import CHECKPOINT_FILE, DEBUG_CHECKPOINT_FILE, MODEL_FILE
+from utils.common.atomic_files import describe_os_error
 
 LOCK_NAME = ".lock"
 _HELD_LOCKS: list = []   # this process's locks, released together when a run stops on an error or exits
-CONFIG_FILE = "config.json"   # the resolved config the run was started with
-TRAINED_FILES = (MODEL_FILE, CHECKPOINT_FILE)   # what a fresh run must not overwrite
-RUN_FILES = TRAINED_FILES + (DEBUG_CHECKPOINT_FILE, CONFIG_FILE)
-RUN_FOLDERS = ("tensorboard",)
 
 
 def _process_start_time(pid: int) -> Optional[str]:
@@ -131,38 +121,3 @@ def release_held_locks() -> None:
 
 
 atexit.register(release_held_locks)  # a run that ends on an unexpected error or an interrupt
-
-
-def refuse_overwrite(folder) -> None:
-    """A fresh run must not replace the model or checkpoint of an earlier run in `folder`."""
-    found = [name for name in TRAINED_FILES if (Path(folder) / name).exists()]
-    if found:
-        raise ValueError(f"{folder} already holds {' and '.join(found)} of an earlier run: pass --resume to "
-                         f"continue it, --start-over to train again from scratch (removes them), or "
-                         f"choose another output")
-
-
-def clear_previous_run(folder) -> list:
-    """Remove what an earlier run left (model, checkpoints, config, TensorBoard); training.log is kept
-    (appended). Returns the removed names."""
-    removed = []
-    for name in RUN_FILES:
-        path = Path(folder) / name
-        if path.exists():
-            path.unlink()
-            removed.append(name)
-    for name in RUN_FOLDERS:
-        path = Path(folder) / name
-        if path.is_dir():
-            shutil.rmtree(path)
-            removed.append(name + "/")
-    return removed
-
-
-def claim_output_folder(folder) -> OutputLock:
-    """Rank 0 takes the folder's lock; every rank raises the same one-line error when it cannot
-    (collective: call on every rank)."""
-    from utils.distributed import check_on_rank0
-    lock = OutputLock(folder)
-    check_on_rank0(lock.acquire)
-    return lock

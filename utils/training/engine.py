@@ -1,7 +1,7 @@
 """The one training loop: old models (train_old_arc.py / train_old_softmax.py) and all six methods.
 
 A script is `train(MethodClass)`; what differs between methods lives in the Method subclass
-(utils/method.py). The engine owns the process group, data, backbone (DDP), head, optimiser,
+(utils/training/method.py). The engine owns the process group, data, backbone (DDP), head, optimiser,
 schedule, AMP, gradient accumulation and clipping, checkpoints (exact resume), logging and the
 .bin verification.
 """
@@ -26,24 +26,20 @@ import torch
 from torch import nn
 
 from backbones import get_model
-from utils.checkpoint import (CHECKPOINT_FILE, DEBUG_CHECKPOINT_FILE, MODEL_FILE, atomic_torch_save, backbone_state_dict,
-                              full_head_optimizer_state, head_state, load_checkpoint, load_head_state,
-                              parameter_indices, rng_state, save_model, set_rng_state, sharded_head_optimizer_state,
-                              state_digest, unwrap)
-from utils.cli import StrictArgumentParser
-from utils.config import (RESUME_FIXED_KEYS, RESUME_IGNORED_KEYS, comparable_config, config_differences,
-                          config_to_json, load_config, save_config)
-from utils.distributed import (all_gather_no_grad, all_reduce_sum, average_gradients, barrier, broadcast_object,
-                               broadcast_parameters, cleanup, gather_objects, init_distributed, remove_launcher_args)
-from utils.datasets import FaceRecDataset, build_dataset
-from utils.face_rec import read_property
-from utils.loader import OneLineErrorLoader, build_loader, to_device
-from utils.logging_utils import TrainingMonitor, setup_logger
-from utils.method import Method, Progress, TrainEnv
-from utils.run_folder import (CONFIG_FILE, claim_output_folder, clear_previous_run, refuse_overwrite,
-                              release_held_locks)
-from utils.schedulers import build_scheduler, training_lr_factor
-from utils.verification import VerificationCallback
+from utils.training.checkpoint import (CHECKPOINT_FILE, DEBUG_CHECKPOINT_FILE, MODEL_FILE, atomic_torch_save, backbone_state_dict, full_head_optimizer_state, head_state, load_checkpoint, load_head_state, parameter_indices, rng_state, save_model, set_rng_state, sharded_head_optimizer_state, state_digest, unwrap)
+from utils.common.cli import StrictArgumentParser
+from utils.common.config import (RESUME_FIXED_KEYS, RESUME_IGNORED_KEYS, comparable_config, config_differences, config_to_json, load_config, save_config)
+from utils.training.distributed import (all_gather_no_grad, all_reduce_sum, average_gradients, barrier, broadcast_object, broadcast_parameters, cleanup, gather_objects, init_distributed, remove_launcher_args)
+from utils.data.datasets import FaceRecDataset
+from utils.data.build import build_dataset
+from utils.data.face_rec import read_property
+from utils.data.loader import OneLineErrorLoader, build_loader, to_device
+from utils.common.logging_utils import TrainingMonitor, setup_logger
+from utils.training.method import Method, Progress, TrainEnv
+from utils.training.run_folder import CONFIG_FILE, claim_output_folder, clear_previous_run, refuse_overwrite
+from utils.common.output_lock import release_held_locks
+from utils.training.schedulers import build_scheduler, training_lr_factor
+from utils.training.verification import VerificationCallback
 
 
 class NonFiniteLossError(RuntimeError):

@@ -22,7 +22,7 @@ from typing import Iterator, List, Optional, Tuple
 import cv2
 import numpy as np
 
-from utils.atomic_files import WriteError, describe_os_error, unique_temporary
+from utils.common.atomic_files import WriteError, describe_os_error, unique_temporary
 
 # Images are decoded in data-loader workers forked from the main process. An OpenCV thread
 # pool started in the parent deadlocks those children, so OpenCV stays single-threaded everywhere.

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-# See utils/recordio.py: no OpenCV thread pool in a process that forks loader workers.
+# See utils/data/recordio.py: no OpenCV thread pool in a process that forks loader workers.
 cv2.setNumThreads(1)
 
 PIXEL_MEAN = 127.5

@@ -1,0 +1,1 @@
+"""What the old model leaves for the new one: artifact manifests and guards, per-class statistics."""

@@ -1,0 +1,1 @@
+"""Plumbing every other part uses: config, command lines, atomic files, checksums, locks, logs, progress."""

@@ -1,0 +1,1 @@
+"""From files to batches: RecordIO, face-set layouts, datasets, the decoded-image cache, loader, .bin sets."""

@@ -1,0 +1,1 @@
+"""The one training engine: method interface, DDP, AMP, checkpoints, schedules, verification."""

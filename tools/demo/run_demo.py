@@ -5,9 +5,11 @@ compatible new models -> IJB-C self/cross tests 1:1 and 1:N -> compatibility rep
 bootstrap intervals) -> the premises of the scenario, checked and printed (tools/demo/premises.py).
 
 Every step is a subprocess call of the same script a user runs on MS1M-V3 / IJB-C; this file
-only chooses the paths and the sizes. Finished steps are skipped on a re-run (a stamp file per
-step); a training step that was killed resumes from its last full-state checkpoint. Each step's
-wall and CPU seconds are printed and written to timings.json.
+only chooses the paths and the sizes, and runs the plan with the experiment runner's local
+backend (tools/experiment/local.py, as tools/run_experiment.py does on real data): finished
+steps are skipped on a re-run (decided from their outputs), a training step that was killed
+resumes from its last full-state checkpoint, each step's output goes to logs/<step>.log. Each
+step's wall and CPU seconds are printed and written to timings.json.
 
     python tools/demo/run_demo.py                      # default size, Open-class scenario
     python tools/demo/run_demo.py --quick              # the size the test suite uses
@@ -19,13 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List
 
@@ -34,10 +32,14 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from tools.demo.premises import check_premises, describe, learning_rate_budget  # noqa: E402
 from tools.demo.seeds import parse_seeds, write_seed_report  # noqa: E402
+from tools.experiment.local import LocalBackend, failure_summary  # noqa: E402
+from tools.experiment.plan import Step, attach_files  # noqa: E402
+from tools.ijbc_eval.protocol import subset_paths  # noqa: E402
 from tools.ijbc_eval.report import write_json  # noqa: E402
-from utils.artifacts.manifests import write_text_atomic  # noqa: E402
+from utils.artifacts.manifests import artifact_paths, credible_path, write_text_atomic  # noqa: E402
 from utils.common.cli import StrictArgumentParser  # noqa: E402
 from utils.common.config import load_config  # noqa: E402
+from utils.common.output_lock import OutputLock  # noqa: E402
 from utils.data.face_rec import FaceRecIndex  # noqa: E402
 
 METHODS = ("L2", "BCT", "UniBCT", "NCCL", "AdvBCT", "MixBCT")
@@ -67,16 +69,6 @@ SIZES = {
         "unibct": {"unibct_start_epoch": 1, "unibct_refine_epochs": (1, 2), "decay_epoch": [1, 2]},
     },
 }
-
-
-@dataclass
-class Step:
-    name: str
-    command: List[str]
-    training_output: Path | None = None   # a training step resumes from <output>/checkpoint.pt
-    env: Dict[str, str] = field(default_factory=dict)
-    needs: tuple = ()                     # names of the steps whose outputs this one reads
-    concurrent: bool = False              # may run beside other steps (then on cores/jobs threads)
 
 
 @dataclass
@@ -112,54 +104,72 @@ def plan(args, seed: int, out: Path):
     sd = f"f128_tiny_softmax_{new_subset}"   # the configs' OLD_ARTIFACTS_SD for class70
     old_output = out / "work_dirs" / f"old_f128_tiny_softmax_{old_subset}"
     embed_flags = ["-d", data, "--workers", args.workers]
+    # concurrent steps run on cores/jobs threads whatever runs beside them, so their numbers do
+    # not depend on the timing of the others (same seed and --jobs, same table)
+    threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
+    side_by_side = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
+    def step(name, command, needs, outputs, kind="tool", training_output=None):
+        return Step(name, command, list(needs), [str(path) for path in outputs], kind, env=dict(side_by_side),
+                    training_output=str(training_output or ""))
+
+    ijbc_files = [path for key, path in subset_paths(data, "IJBC").items() if key not in ("root", "images")]
+    subsets = [data / folder / name for folder in ("train_part_30_class", "train_part_70_class",
+                                                  "train_part_30_data", "train_part_70_data")
+               for name in ("train.rec", "train.idx", "property")]
     steps = [
-        # train.rec and the .bin sets first (the trainings need both), IJB-C beside the trainings
+        # train.rec and the .bin sets first (the trainings need both) on every core, IJB-C beside the trainings
         Step("generate", python_script("tools/synthetic/generate.py", "--out", data, "--seed", seed,
-                                       "--parts", "train", "bins", *size["generate"])),
-        Step("generate_ijbc", python_script("tools/synthetic/generate.py", "--out", data, "--seed", seed,
-                                            "--parts", "ijbc", *size["generate"]),
-             needs=("generate",), concurrent=True),
-        Step("split", python_script("tools/split_dataset/split_dataset_ms1mv3.py",
-                                    "--input", data, "--ratio", 0.3), needs=("generate",), concurrent=True),
-        Step("old_model", python_script(
+                                       "--parts", "train", "bins", *size["generate"]), [],
+             [str(data / name) for name in ("train.rec", "train.idx", "property", "lfw.bin")], "tool",
+             env={"OMP_NUM_THREADS": str(os.cpu_count() or 1)}),
+        step("generate_ijbc", python_script("tools/synthetic/generate.py", "--out", data, "--seed", seed,
+                                            "--parts", "ijbc", *size["generate"]), ["generate"], ijbc_files),
+        step("split", python_script("tools/split_dataset/split_dataset_ms1mv3.py", "--input", data, "--ratio", 0.3),
+             ["generate"], subsets),
+        step("old_model", python_script(
             "train_old_softmax.py", OLD_CONFIG,
             *set_flags(overrides(rec=str(old_rec), output=str(old_output), seed=seed, **size["old"]))),
-            training_output=old_output, needs=("split",), concurrent=True),
+            ["split"], [old_output / "model.pt"], "training", old_output),
     ]
     old_network = load_config(OLD_CONFIG).network
     model_args = ["--data", new_rec, "--out", artifacts, "--model", old_output / "model.pt"]
+    files = artifact_paths(sd, artifacts)
     steps += [
-        Step("old_features", python_script("tools/get_feature/get_feature.py", OLD_CONFIG,
+        step("old_features", python_script("tools/get_feature/get_feature.py", OLD_CONFIG,
                                            "--SD", sd, *model_args, "--num-workers", args.workers),
-             needs=("old_model",), concurrent=True),
-        Step("class_prototypes", python_script("tools/get_feature/get_avg_feature.py", "--SD", sd,
+             ["old_model"], [files["old_features"], files["old_labels"]], "evaluation"),
+        step("class_prototypes", python_script("tools/get_feature/get_avg_feature.py", "--SD", sd,
                                                "--data", new_rec, "--out", artifacts),
-             needs=("old_features",), concurrent=True),
-        Step("credible_mask", python_script("tools/denoising/denoise_credible.py", "--T", 0.9, "--SD", sd,
+             ["old_features"], [files["class_prototypes"]]),
+        step("credible_mask", python_script("tools/denoising/denoise_credible.py", "--T", 0.9, "--SD", sd,
                                             "--data", new_rec, "--out", artifacts),
-             needs=("old_features",), concurrent=True),
-        Step("class_meta", python_script("tools/get_feature/get_class_meta.py", "--SD", sd,
+             ["old_features"], [credible_path(sd, artifacts, "0.9")]),
+        step("class_meta", python_script("tools/get_feature/get_class_meta.py", "--SD", sd,
                                          "--data", new_rec, "--out", artifacts),
-             needs=("old_features",), concurrent=True),
+             ["old_features"], [files["class_meta"]]),
     ]
+
+    def embed_step(name, model, network, trained_by):
+        record = out / "embeddings" / f"{name}.json"
+        return step(f"embed_{name}", python_script("tools/demo/embed_ijbc.py", f"{model}:{network}", *embed_flags,
+                                                   "--record", record),
+                    [trained_by, "generate_ijbc"], [record], "evaluation")
+
     # default size: each model is embedded as soon as it exists, beside the other trainings (at
     # --quick the report embeds them: eight processes fewer for the test suite)
     embed = not args.quick
     if embed:
-        steps.append(Step("embed_old", python_script("tools/demo/embed_ijbc.py", f"{old_output / 'model.pt'}:{old_network}",
-                                                     *embed_flags), needs=("old_model", "generate_ijbc"), concurrent=True))
+        steps.append(embed_step("old", old_output / "model.pt", old_network, "old_model"))
     new_training = dict(rec=str(new_rec), seed=seed, **size["new"])
     independent_output = out / "work_dirs" / f"independent_f128_tiny_arc_{new_subset}"
     trainings = {"new*": Training(REPO_ROOT / "train_old_arc.py", NEW_CONFIG,
                                   overrides(output=str(independent_output), **new_training))}
     outputs = {"new*": independent_output}
-    artifact_paths = dict(
-        old_features=str(artifacts / f"{sd}_feature.npy"),
-        old_labels=str(artifacts / f"{sd}_label.npy"),
-        class_prototypes=str(artifacts / f"{sd}_avg_feature.npy"),
-        credible_mask=str(artifacts / f"{sd}_credible_0.9.npy"),
-        class_meta=str(artifacts / f"{sd}_class_meta.npz"),
+    artifact_settings = dict(
+        old_features=str(files["old_features"]), old_labels=str(files["old_labels"]),
+        class_prototypes=str(files["class_prototypes"]), credible_mask=str(credible_path(sd, artifacts, "0.9")),
+        class_meta=str(files["class_meta"]),
     )
     for method in METHODS:
         output = out / "work_dirs" / f"{method}_f128_tiny_{new_subset}"
@@ -167,20 +177,19 @@ def plan(args, seed: int, out: Path):
         trainings[method] = Training(
             REPO_ROOT / "BCT_methods" / method / "train.py",
             REPO_ROOT / "BCT_methods" / method / "configs" / f"synthetic_OPclass_tiny_{method}_softmax_to_arc_f128.py",
-            overrides(output=str(output), **new_training, **artifact_paths, **extra))
+            overrides(output=str(output), **new_training, **artifact_settings, **extra))
         outputs[method] = output
     new_network = load_config(NEW_CONFIG).network
     artifact_steps = ("old_features", "class_prototypes", "credible_mask", "class_meta")
     for name, training in trainings.items():
-        step = "independent_new_model" if name == "new*" else f"new_model_{name}"
-        steps.append(Step(step, [sys.executable, str(training.script), str(training.config),
-                                 *set_flags(training.overrides)],
-                          training_output=outputs[name], concurrent=True,
-                          needs=("split",) if name == "new*" else artifact_steps))
+        name_of_step = "independent_new_model" if name == "new*" else f"new_model_{name}"
+        steps.append(step(name_of_step, [sys.executable, str(training.script), str(training.config),
+                                         *set_flags(training.overrides)],
+                          ("split",) if name == "new*" else artifact_steps, [outputs[name] / "model.pt"],
+                          "training", outputs[name]))
         if embed:
-            steps.append(Step(f"embed_{'independent' if name == 'new*' else name}", python_script(
-                "tools/demo/embed_ijbc.py", f"{outputs[name] / 'model.pt'}:{new_network}", *embed_flags),
-                needs=(step, "generate_ijbc"), concurrent=True))
+            steps.append(embed_step("independent" if name == "new*" else name, outputs[name] / "model.pt",
+                                    new_network, name_of_step))
 
     report = ["--old", f"{old_output / 'model.pt'}:{old_network}",
               "--independent", f"{independent_output / 'model.pt'}:{new_network}"]
@@ -188,84 +197,9 @@ def plan(args, seed: int, out: Path):
         report += ["--new", f"{method}={outputs[method] / 'model.pt'}:{new_network}"]
     steps.append(Step("evaluate_and_report", python_script(
         "tools/ijbc_eval/compat_report.py", *report, *embed_flags, "-o", out / "report"),
-        needs=("generate_ijbc", *(step.name for step in steps if step.name.startswith(("embed_", "new_model_", "independent"))))))
-    return steps, trainings, old_output
-
-
-PRINT_LOCK = threading.Lock()
-
-
-def say(text: str) -> None:
-    with PRINT_LOCK:
-        print(text, flush=True)
-
-
-def run_step(step: Step, index: int, total: int, stamps: Path, logs: Path, threads: int | None = None) -> dict:
-    """Run one step as a subprocess, its output teed to logs/<step>.log; `threads` caps the
-    step's intra-op threads (set when steps run side by side). Returns its wall and CPU seconds
-    (the CPU time of the process and of its own children, e.g. loader workers)."""
-    stamp = stamps / f"{step.name}.done"
-    if stamp.exists():
-        say(f"[{index}/{total}] {step.name}: done earlier, skipped")
-        recorded = json.loads(stamp.read_text())
-        return {"seconds": recorded.get("seconds", 0.0), "cpu_seconds": recorded.get("cpu_seconds", 0.0),
-                "skipped": True}
-    command = list(step.command)
-    if step.training_output is not None and (step.training_output / "checkpoint.pt").exists():
-        command.append("--resume")
-        say(f"[{index}/{total}] {step.name}: resuming from {step.training_output / 'checkpoint.pt'}")
-    say(f"[{index}/{total}] {step.name}: {shlex.join(command)}")
-    log_path = logs / f"{step.name}.log"
-    start = time.time()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **step.env}
-    if threads is not None:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    prefix = f"    [{step.name}] " if threads is not None else "    "
-    with open(log_path, "a") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
-        assert process.stdout is not None
-        for line in process.stdout:
-            log.write(line)
-            say(f"{prefix}{line.rstrip()}")
-        # wait4: the exit status and the resource usage of this child alone
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = code = os.waitstatus_to_exitcode(status)
-    seconds, cpu = time.time() - start, usage.ru_utime + usage.ru_stime
-    if code != 0:
-        raise SystemExit(f"demo: step {step.name!r} failed (exit {code}); its log: {log_path}")
-    timing = {"seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1)}
-    write_text_atomic(stamp, json.dumps({"command": command, **timing}) + "\n")
-    say(f"[{index}/{total}] {step.name}: finished in {seconds:.1f} s ({cpu:.1f} CPU s)")
-    return {**timing, "skipped": False}
-
-
-def run_schedule(steps: List[Step], jobs: int, stamps: Path, logs: Path) -> Dict[str, dict]:
-    """Run the steps, at most `jobs` at a time, each once all the steps it needs are done.
-
-    A `concurrent` step runs on cores/jobs intra-op threads whatever runs beside it, so its
-    numbers do not depend on the timing of the others (same seed and --jobs, same table)."""
-    index = {step.name: number for number, step in enumerate(steps, 1)}
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-    # needs outside this run (e.g. with --only) count as done: their outputs are already there
-    done = {name for step in steps for name in step.needs} - set(index)
-    pending, running, times = list(steps), {}, {}
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        while pending or running:
-            for step in [s for s in pending if set(s.needs) <= done]:
-                if len(running) >= max(1, jobs) or (running and not step.concurrent):
-                    break
-                pending.remove(step)
-                running[pool.submit(run_step, step, index[step.name], len(steps), stamps, logs,
-                                    threads if step.concurrent else None)] = step
-                if not step.concurrent:
-                    break  # a step that wants every core runs alone
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                step = running.pop(future)
-                times[step.name] = future.result()  # re-raises a failed step's SystemExit
-                done.add(step.name)
-    return times
+        ["generate_ijbc", *(s.name for s in steps if s.name.startswith(("embed_", "new_model_", "independent")))],
+        [str(out / "report" / "compat_report.json")], "tool"))
+    return attach_files(steps, out), trainings, old_output
 
 
 def time_summary(times: Dict[str, dict], wall: float, load_before: float, load_after: float) -> dict:
@@ -302,10 +236,8 @@ def run_once(args, seed: int, out: Path) -> dict:
         unknown = sorted(set(args.only) - {s.name for s in steps})
         if unknown:
             raise SystemExit(f"demo: unknown step(s) {unknown}; steps are {[s.name for s in steps]}")
-        steps = [s for s in steps if s.name in args.only]
-    stamps, logs = out / ".steps", out / "logs"
-    stamps.mkdir(parents=True, exist_ok=True)
-    logs.mkdir(parents=True, exist_ok=True)
+        # needs outside this run count as done: their outputs are already there
+        steps = [replace(s, needs=[n for n in s.needs if n in args.only]) for s in steps if s.name in args.only]
     settings = {"scenario": args.scenario, "quick": args.quick, "seed": seed}
     settings_file = out / "demo_settings.json"
     if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
@@ -314,7 +246,12 @@ def run_once(args, seed: int, out: Path) -> dict:
     write_text_atomic(settings_file, json.dumps(settings) + "\n")
 
     load_before, start = os.getloadavg()[0], time.time()
-    times = run_schedule(steps, args.jobs, stamps, logs)
+    backend = LocalBackend(steps, out, gpus=[], max_parallel=args.jobs)
+    outcome = backend.run()
+    if not outcome.ok:
+        print(failure_summary(backend, outcome), file=sys.stderr, flush=True)
+        raise SystemExit(f"demo: {len(outcome.failed)} step(s) failed: {', '.join(outcome.failed)}")
+    times = outcome.times
     summary = time_summary({name: timing for name, timing in times.items() if not timing["skipped"]},
                            time.time() - start, load_before, os.getloadavg()[0])
     if all(timing["skipped"] for timing in times.values()) and (out / "timings.json").exists():
@@ -354,13 +291,19 @@ def main(argv=None) -> None:
     parser.add_argument("--only", nargs="*", default=None, help="run only these steps (names as printed)")
     args = parser.parse_args(argv)
     out = args.out.resolve()
+    try:
+        lock = OutputLock(out).acquire()   # one runner per output folder
+    except ValueError as error:
+        raise SystemExit(f"demo: {error}") from None
     if args.seeds is None:
         run_once(args, args.seed, out)
+        lock.release()
         return
     for seed in args.seeds:
         print(f"demo: seed {seed} ({args.seeds.index(seed) + 1} of {len(args.seeds)})", flush=True)
         run_once(args, seed, out / f"seed_{seed}")
     text = write_seed_report(out, [out / f"seed_{seed}" for seed in args.seeds], args.seeds)
+    lock.release()
     print(text)
 
 

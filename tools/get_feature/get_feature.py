@@ -45,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("config", help="the OLD model's config file (network, embedding_size, "
                                        "rec, output holding model.pt)")
     add_sd_argument(parser)
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override keys of the old model's config, as for its training (e.g. a network "
+                             "trained with --set network=...)")
     parser.add_argument("--data", default=None, metavar="REC_DIR",
                         help="rec folder to embed (default: derived from the config's rec and --SD)")
     parser.add_argument("--out", default=None, metavar="DIR",
@@ -116,7 +119,7 @@ def embed_rows(backbone, dataset, rows: range, features_out: np.ndarray, args, d
 def main(argv=None) -> Path:
     args = parse_args(argv)
     rank, _, world_size, device = init_distributed(sys.argv[1:] if argv is None else argv)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.overrides)
     data_dir = resolve_data_dir(args, cfg)
     folder = scenario_dir(args.SD, FEATURE_ROOT, args.out)
     model_path = Path(args.model) if args.model else Path(cfg.output) / "model.pt"

@@ -1,0 +1,170 @@
+"""Run the paper's experiment on MS1M-V3 and IJB-C as one restartable job.
+
+One scenario and one setting of the reference grid: split -> old model -> old-model artifacts ->
+the independent new model (new*) and one new model per method -> IJB-C embeddings of every model
+-> the compatibility table (self/cross tests, 1:1 and 1:N, old/old included). Every step is the
+script and shipped config of README's command list (`--set` only for paths, and for the batch
+split that keeps the global batch on another GPU count). Steps run as soon as their inputs exist:
+trainings on groups of GPUs under torchrun, features and IJB-C embeddings one per free GPU,
+CPU-only steps beside them; without GPUs everything runs on the CPU (gloo).
+
+    python tools/run_experiment.py --data dataset/ms1m-retinaface-t1 --ijbc dataset \\
+        --scenario OPclass --setting softmax_to_arc_f128 --out results/OPclass_f128
+    python tools/run_experiment.py ... --dry-run > plan.sh    # the exact commands, before the data is there
+    python tools/run_experiment.py --status --out results/OPclass_f128   # from another shell
+
+Run the same command again after a crash or kill: finished steps are skipped (decided from their
+outputs), an interrupted training resumes from its checkpoint. See docs/experiment.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import List
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tools.experiment.display import Display  # noqa: E402
+from tools.experiment.local import LocalBackend, failure_summary  # noqa: E402
+from tools.experiment.ms1mv3 import (SELECTABLE_METHODS, METHODS, Ms1mv3Plan, default_workers,  # noqa: E402
+                                     reference_grid)
+from tools.experiment.plan import done_steps  # noqa: E402
+from tools.experiment.status import status_lines  # noqa: E402
+from utils.common.cli import StrictArgumentParser  # noqa: E402
+from utils.common.config import REPO_ROOT  # noqa: E402
+from utils.common.output_lock import OutputLock  # noqa: E402
+
+PROGRAM = "run_experiment"
+
+
+def visible_gpus() -> List[int]:
+    """The GPU ids this machine shows (CUDA_VISIBLE_DEVICES, when set, names them)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [int(item) for item in listed.split(",") if item.strip().isdigit()]
+    import torch   # only here: the rest of the runner never needs it
+    return list(range(torch.cuda.device_count()))
+
+
+def parse_gpus(text: str, available: List[int]) -> List[int]:
+    """'all', 'none', '0-7', '0,2,5' -> GPU ids, each one that exists."""
+    if text == "all":
+        return list(available)
+    if text == "none":
+        return []
+    ids = []
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            raise ValueError(f"--gpus {text!r}: expected all, none, or ids like 0-7 or 0,2,5")
+        ids += list(range(int(low), int(high) + 1)) if high else [int(low)]
+    missing = [gpu for gpu in ids if gpu not in available]
+    if missing:
+        raise ValueError(f"--gpus {text}: GPU {missing[0]} does not exist on this machine "
+                         f"(visible: {','.join(map(str, available)) or 'none'})")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"--gpus {text}: a GPU is named twice")
+    return ids
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = StrictArgumentParser(prog="run_experiment.py", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=REPO_ROOT / "dataset" / "ms1m-retinaface-t1",
+                        help="insightface's ms1m-retinaface-t1 folder (train.rec/.idx/property and the .bin sets), "
+                             "or that folder already split by our tool or the reference's (then no split step)")
+    parser.add_argument("--ijbc", type=Path, default=REPO_ROOT / "dataset",
+                        help="folder holding IJBC/loose_crop and IJBC/meta (default: dataset/)")
+    parser.add_argument("--scenario", choices=("OPclass", "EXclass", "OPdata", "EXdata"), default="OPclass")
+    parser.add_argument("--setting", default=None,
+                        help="loss / feature size pair of the reference grid, e.g. softmax_to_arc_f128, "
+                             "softmax_to_arc_f256, arc_to_arc_f512 (as in BCT_methods/*/configs/)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=SELECTABLE_METHODS,
+                        help=f"compatible-training methods (default: {' '.join(METHODS)})")
+    parser.add_argument("--out", type=Path, required=True, help="folder for everything the run writes")
+    parser.add_argument("--gpus", default="all", help="GPU ids to use: all (default), none (CPU, gloo), 0-7, 0,2,5")
+    parser.add_argument("--gpus-per-training", type=int, default=None, metavar="G",
+                        help="GPUs per training (default: all given); on the CPU, gloo processes per training "
+                             "(default 1). The global batch of the shipped configs (8 x 128) is kept.")
+    parser.add_argument("--max-parallel", type=int, default=2,
+                        help="CPU-only steps at a time (without GPUs: every step) (default 2)")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="loader workers of the feature and IJB-C tools")
+    for flag, who in (("--set", "every training"), ("--set-old", "the old model (and its feature tool)"),
+                      ("--set-new", "new* and the methods' trainings")):
+        parser.add_argument(flag, dest=flag[2:].replace("-", "_") if flag != "--set" else "set_all",
+                            nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                            help=f"extra config overrides for {who} (e.g. smaller sizes for a trial run)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan as a bash script and exit (works before the data is there)")
+    parser.add_argument("--status", action="store_true", help="print every step's state in --out and exit (read-only)")
+    parser.add_argument("--log-every", type=float, default=60.0, metavar="SECONDS",
+                        help="outside a terminal (nohup): seconds between the running steps' progress lines")
+    args = parser.parse_args(argv)
+    if args.status:
+        return args
+    if args.setting is None:
+        parser.error(f"--setting is required; for {args.scenario}: {', '.join(sorted(reference_grid()[args.scenario]))}")
+    if args.max_parallel < 1 or args.workers < 0:
+        parser.error("--max-parallel must be at least 1 and --workers non-negative")
+    return args
+
+
+def prepare(args):
+    """(plan, steps, GPU ids) after every start-up check; ValueError on bad input."""
+    gpus = parse_gpus(args.gpus, visible_gpus() if args.gpus != "none" else [])
+    if args.gpus_per_training is None:
+        args.gpus_per_training = len(gpus) or 1
+    if args.gpus_per_training < 1 or (gpus and args.gpus_per_training > len(gpus)):
+        raise ValueError(f"--gpus-per-training {args.gpus_per_training}: between 1 and the {len(gpus)} GPU(s) given")
+    args.gpu_count = len(gpus)
+    plan = Ms1mv3Plan(args)
+    steps = plan.steps()
+    return plan, steps, gpus
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.status:
+            print("\n".join(status_lines(args.out.resolve())))
+            return 0
+        plan, steps, gpus = prepare(args)
+        problems = plan.missing_inputs() + plan.class_count_mismatches(steps)
+        backend = LocalBackend(steps, plan.out, gpus, args.max_parallel, Display(period=args.log_every))
+        if args.dry_run:
+            for problem in problems:
+                print(f"warning: {problem}", file=sys.stderr)
+            sys.stdout.write(backend.dry_run_script(done_steps(steps), problems))
+            return 0
+        if problems:
+            more = f" (and {len(problems) - 1} more: --dry-run lists them)" if len(problems) > 1 else ""
+            raise ValueError(f"{problems[0]}{more}")
+        lock = OutputLock(plan.out).acquire()   # one runner per --out
+    except ValueError as error:
+        print(f"{PROGRAM}: error: {error}", file=sys.stderr, flush=True)
+        return 1
+    where = f"GPUs {','.join(map(str, gpus))}" if gpus else "the CPU (gloo)"
+    print(f"{PROGRAM}: {args.scenario} {args.setting}, {len(steps)} steps on {where}; logs in {plan.out / 'logs'}; "
+          f"watch with: python tools/run_experiment.py --status --out {plan.out}", flush=True)
+    try:
+        outcome = backend.run()
+    except KeyboardInterrupt:
+        print(f"{PROGRAM}: interrupted; the same command continues where it stopped", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        lock.release()
+    report = plan.out / "report" / "compat_report.md"
+    if report.exists() and "report" not in outcome.failed:
+        print(report.read_text(), flush=True)
+    if not outcome.ok:
+        print(failure_summary(backend, outcome), file=sys.stderr, flush=True)
+        return 1
+    print(f"{PROGRAM}: all {len(steps)} steps done; report in {plan.out / 'report'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

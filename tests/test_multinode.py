@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.training_fixtures import free_port, subprocess_env, tiny_training_keys, write_config, write_tiny_rec
@@ -22,6 +23,7 @@ def launch(argv, env):
     return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.heavy   # two torchrun launches of two processes: about 25 s on two cores
 def test_two_nodes_of_one_process_train_the_weights_of_one_node_of_two(tmp_path):
     rec = write_tiny_rec(tmp_path / "rec", num_classes=4, per_class=8)
     env = dict(subprocess_env(), PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))

@@ -3,7 +3,8 @@
     python tools/benchmark/bench_runner.py [--steps 40] [--output-mib 64]
 
 Two plans of `--steps` steps, each a `python -c` that writes one output file of `--output-mib`
-MiB: a chain (each step needs the one before) and a fan-out (every step needs the first). Printed:
+MiB: a chain (each step needs the one before) and a fan-out (every step needs the first; as many
+slots as steps, so no step waits for a free slot: the idle time is the runner's own). Printed:
 - idle time per step: from the moment its last need finished (its inputs exist) to its start;
 - runner overhead per step in the chain: (wall of the plan - the steps' own wall) / steps,
   i.e. the start-up checks, recording each output's checksum, scheduling and the launch;
@@ -70,7 +71,8 @@ def main(argv=None) -> None:
     output_bytes = int(args.output_mib * 2 ** 20)
     with tempfile.TemporaryDirectory() as folder:
         for name, chain in (("chain", True), ("fan-out", False)):
-            result = measure(Path(folder) / name, args.steps, output_bytes, chain, args.max_parallel)
+            result = measure(Path(folder) / name, args.steps, output_bytes, chain,
+                             args.max_parallel if chain else args.steps)
             overhead = (f"runner overhead {result['overhead_per_step']:.3f} s/step, " if chain else "")
             print(f"{name:8s} {args.steps} steps, {args.output_mib:g} MiB output each: wall {result['wall']:.1f} s; "
                   f"{overhead}idle after inputs exist mean {result['idle_mean']:.3f} s, max {result['idle_max']:.3f} s; "

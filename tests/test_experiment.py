@@ -21,7 +21,7 @@ import pytest
 from tests.training_fixtures import subprocess_env
 from tools import run_experiment
 from tools.experiment.ms1mv3 import global_batch_split
-from utils.config import load_config
+from utils.common.config import load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUNNER = REPO_ROOT / "tools" / "run_experiment.py"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 from configs.ms1mv3 import CREDIBLE_THRESHOLD, SCENARIO_SUBSETS
-from tools.experiment.plan import Step, attach_files
+from tools.experiment.step import Step, attach_files
 from utils.artifacts.manifests import SUBSETS as ARTIFACT_SUBSETS, artifact_paths, credible_path
 from utils.common.config import REPO_ROOT, load_config
 from utils.data.face_rec import is_rec_location, read_property

@@ -147,11 +147,12 @@ def test_a_failing_step_stops_only_its_dependents(data, tmp_path):
     # model is not run; new* (independent of it) is trained and embedded
     out = tmp_path / "out"
     result = run(command(data, out, "--set-old", "lr_schedule=bogus"))
-    assert result.returncode == 1
-    assert "failed: train_old (exit 1)" in result.stderr
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "failed: train_old (exit 1)" in result.stderr, result.stderr[-3000:]
     tail = result.stderr.split("failed: train_old")[1].splitlines()[1:]
     assert 1 <= len([line for line in tail if line.startswith("    ")]) <= 6   # the error line + the last 5
-    assert "not run (they need a failed step): features_old, train_L2, embed_old, embed_L2, report" in result.stderr
+    assert "not run (they need a failed step): features_old, train_L2, embed_old, embed_L2, report" in result.stderr, \
+        result.stderr[-3000:]
     for step in ("train_independent", "embed_independent"):
         assert (out / ".steps" / f"{step}.json").is_file(), step
     assert not (out / "report").exists()

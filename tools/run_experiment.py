@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     finally:
         lock.release()
     report = plan.out / "report" / "compat_report.md"
-    if report.exists() and "report" not in outcome.failed:
+    if report.exists() and backend.states["report"]["state"] == "done":   # never an earlier run's table
         print(report.read_text(), flush=True)
     if not outcome.ok:
         print(failure_summary(backend, outcome), file=sys.stderr, flush=True)

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from configs.ms1mv3 import CREDIBLE_THRESHOLD, SCENARIO_SUBSETS
+from configs.ms1mv3 import CREDIBLE_THRESHOLD, SCENARIO_SUBSETS, SUBSETS as MS1MV3_SUBSETS
 from tools.experiment.step import Step, attach_files
 from utils.artifacts.manifests import SUBSETS as ARTIFACT_SUBSETS, artifact_paths, credible_path
 from utils.common.config import REPO_ROOT, load_config
@@ -252,18 +252,26 @@ class Ms1mv3Plan:
 
     def class_count_mismatches(self, steps: List[Step]) -> List[str]:
         """Trainings whose config's num_classes differs from the class count in the data's property file."""
-        problems = []
+        problems, counted = [], False
         for step in steps:
             if step.kind != "training":
                 continue
             cfg = load_config(REPO_ROOT / step.argv[2], parse_set_flags(step.argv[3:]))
             rec = Path(cfg.rec)
+            counted = counted or cfg.num_classes is not None
             if cfg.num_classes is None or not (rec / "property").is_file():
                 continue   # counts read from the data, or a subset not split yet / a reference prefix
             found = read_property(rec)[0]
             if found != cfg.num_classes:
                 problems.append(f"{rec}: {found} classes in its property file, but {relative(REPO_ROOT / step.argv[2])} "
                                 f"trains on {cfg.num_classes} (is --data insightface's ms1m-retinaface-t1?)")
+        full_count = MS1MV3_SUBSETS["data100"][1]
+        if counted and self.needs_split() and (self.data / "property").is_file():
+            # not split yet: the full set must be the one the configs' subset counts come from
+            found = read_property(self.data)[0]
+            if found != full_count:
+                problems.append(f"{self.data}: {found} classes in its property file, but the shipped configs' "
+                                f"subsets come from MS1M-V3's {full_count} (is --data insightface's ms1m-retinaface-t1?)")
         return problems
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from utils.artifacts import content_sha256
-from utils.atomic_files import atomic_write_text
+from utils.common.checksums import content_sha256
+from utils.common.atomic_files import atomic_write_text
 
 STEP_KINDS = ("training", "evaluation", "tool")
 STEP_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")

@@ -37,9 +37,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from tools.experiment.plan import Step, attach_files, done_steps, launcher_argv
 from tools.experiment.slurm_job import read_step_values, step_json
-from utils.atomic_files import atomic_write_text
-from utils.config import REPO_ROOT
-from utils.run_folder import OutputLock
+from utils.common.atomic_files import atomic_write_text
+from utils.common.config import REPO_ROOT
+from utils.common.output_lock import OutputLock
 
 SLURM_FOLDER = "slurm"
 RECORD_FILE = "submitted.json"

@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tools.experiment.plan import Step, record_done, record_started, resume_flags  # noqa: E402
-from utils.cli import StrictArgumentParser  # noqa: E402
-from utils.progress import run_tool  # noqa: E402
+from utils.common.cli import StrictArgumentParser  # noqa: E402
+from utils.common.progress import run_tool  # noqa: E402
 
 STEP_FIELDS = {item.name for item in dataclasses.fields(Step)}
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.slurm_cluster import slurm_cluster  # noqa: F401  (the fixture: a real one-node Slurm)
 from tests.training_fixtures import subprocess_env
 from tools import run_experiment
 from tools.experiment.ms1mv3 import global_batch_split
@@ -156,6 +157,49 @@ def test_a_failing_step_stops_only_its_dependents(data, tmp_path):
     for step in ("train_independent", "embed_independent"):
         assert (out / ".steps" / f"{step}.json").is_file(), step
     assert not (out / "report").exists()
+
+
+def test_the_same_plan_on_slurm_survives_scancel_and_gives_the_local_models_and_report(
+        data, uninterrupted, tmp_path, slurm_cluster, monkeypatch):
+    """--backend slurm on a real one-node Slurm (no GPUs: 2 gloo processes per training): the
+    second training is scancelled once it has checkpointed, the same command submits what is
+    missing, and the end equals the local backend's run: model checksums and report."""
+    from tools.experiment import slurm
+    reference, _, _ = uninterrupted
+    out = tmp_path / "out"
+    argv = command(data, out, "--backend", "slurm", "--gpus-per-node", "0")
+    monkeypatch.setenv("SLURM_CONF", slurm_cluster.env()["SLURM_CONF"])
+    env = dict(subprocess_env(), SLURM_CONF=os.environ["SLURM_CONF"])
+
+    def submit():
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, cwd=REPO_ROOT)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout
+
+    def wait_for(condition, seconds, what):
+        deadline = time.time() + seconds
+        while not condition():
+            assert time.time() < deadline, f"timed out waiting for {what}:\n{slurm_cluster.queue()}"
+            time.sleep(0.2)
+
+    def job_state(job_id):
+        return next((job.state for jobs in slurm.queued_jobs(out).values() for job in jobs if job.job_id == job_id), "")
+
+    assert "job(s) submitted" in submit()
+    wait_for((out / "work_dirs" / MODELS[1] / "checkpoint.pt").exists, 400, "the second training's first checkpoint")
+    cancelled = slurm.queued_jobs(out)["train_independent"][-1].job_id
+    slurm_cluster.run("scancel", cancelled)
+    wait_for(lambda: job_state(cancelled) not in ("RUNNING", "COMPLETING"), 60, "the cancelled training to stop")
+    status = subprocess.run([sys.executable, str(RUNNER), "--status", "--backend", "slurm", "--out", str(out)],
+                            capture_output=True, text=True, timeout=60, env=env, cwd=REPO_ROOT)
+    assert status.returncode == 0, status.stderr
+    assert re.search(r"train_independent\s+CANCELLED", status.stdout), status.stdout
+    submit()                                          # the same command again: only what is missing
+    wait_for(lambda: (out / ".steps" / "report.json").exists(), 500, "the report")
+    slurm_cluster.wait_until_idle(timeout=60)
+    assert "resumed from" in (out / "logs" / "train_independent.log").read_text()
+    assert checksums(out) == checksums(reference)
+    assert table(out) == table(reference)
 
 
 def test_global_batch_is_kept_or_the_gpu_count_refused():

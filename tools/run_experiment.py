@@ -12,9 +12,12 @@ CPU-only steps beside them; without GPUs everything runs on the CPU (gloo).
         --scenario OPclass --setting softmax_to_arc_f128 --out results/OPclass_f128
     python tools/run_experiment.py ... --dry-run > plan.sh    # the exact commands, before the data is there
     python tools/run_experiment.py --status --out results/OPclass_f128   # from another shell
+    python tools/run_experiment.py ... --backend slurm --partition gpu --nodes 1 --gpus-per-node 8
 
 Run the same command again after a crash or kill: finished steps are skipped (decided from their
-outputs), an interrupted training resumes from its checkpoint. See docs/experiment.md.
+outputs), an interrupted training resumes from its checkpoint. See docs/experiment.md. With
+`--backend slurm` the same plan is submitted to Slurm, one sbatch job per step with afterok
+dependencies (docs/slurm.md); re-running it submits only what is missing.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from tools.experiment.display import Display  # noqa: E402
 from tools.experiment.local import LocalBackend, failure_summary  # noqa: E402
 from tools.experiment.ms1mv3 import (SELECTABLE_METHODS, METHODS, Ms1mv3Plan, default_workers,  # noqa: E402
                                      reference_grid)
+from tools.experiment import slurm  # noqa: E402
 from tools.experiment.plan import done_steps  # noqa: E402
 from tools.experiment.status import status_lines  # noqa: E402
 from utils.common.cli import StrictArgumentParser  # noqa: E402
@@ -100,16 +104,51 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan as a bash script and exit (works before the data is there)")
     parser.add_argument("--status", action="store_true", help="print every step's state in --out and exit (read-only)")
+    parser.add_argument("--backend", choices=("local", "slurm"), default="local",
+                        help="local: this machine's GPUs / CPUs (default); slurm: one sbatch job per step (docs/slurm.md)")
+    parser.add_argument("--cancel", action="store_true",
+                        help="with --backend slurm: cancel every job this --out submitted, and exit")
+    slurm.add_slurm_arguments(parser)
     parser.add_argument("--log-every", type=float, default=60.0, metavar="SECONDS",
                         help="outside a terminal (nohup): seconds between the running steps' progress lines")
     args = parser.parse_args(argv)
-    if args.status:
+    if args.cancel and args.backend != "slurm":
+        parser.error("--cancel goes with --backend slurm (a local run stops with Ctrl-C or kill)")
+    if args.status or args.cancel:
         return args
     if args.setting is None:
         parser.error(f"--setting is required; for {args.scenario}: {', '.join(sorted(reference_grid()[args.scenario]))}")
     if args.max_parallel < 1 or args.workers < 0:
         parser.error("--max-parallel must be at least 1 and --workers non-negative")
     return args
+
+
+def prepare_slurm(args):
+    """(plan, steps, options) for the cluster: the batch split follows the job's GPUs (nodes x GPUs per node),
+    or, on a cluster without GPUs, --gpus-per-training gloo processes per training."""
+    options = slurm.options_from_args(args)
+    if options.gpus_per_node:
+        args.gpu_count = args.gpus_per_training = options.nodes * options.gpus_per_node
+    else:
+        args.gpu_count, args.gpus_per_training = 0, args.gpus_per_training or 1
+    plan = Ms1mv3Plan(args)
+    return plan, plan.steps(), options
+
+
+def run_slurm(args) -> int:
+    """Submit (or dry-run) the plan to Slurm; the jobs run on without this process."""
+    plan, steps, options = prepare_slurm(args)
+    problems = plan.missing_inputs() + plan.class_count_mismatches(steps)
+    for problem in problems if args.dry_run else ():
+        print(f"warning: {problem}", file=sys.stderr)
+    if problems and not args.dry_run:
+        more = f" (and {len(problems) - 1} more: --dry-run lists them)" if len(problems) > 1 else ""
+        raise ValueError(f"{problems[0]}{more}")
+    job_ids = slurm.submit(steps, plan.out, options, dry_run=args.dry_run)
+    if not args.dry_run:
+        print(f"{PROGRAM}: {args.scenario} {args.setting}: {len(job_ids)} job(s) submitted; watch with: "
+              f"python tools/run_experiment.py --status --backend slurm --out {plan.out}", flush=True)
+    return 0
 
 
 def prepare(args):
@@ -128,6 +167,14 @@ def prepare(args):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        if args.backend == "slurm":
+            if args.status:
+                print(slurm.format_status(slurm.status(args.out.resolve())))
+                return 0
+            if args.cancel:
+                slurm.cancel_all(args.out.resolve())
+                return 0
+            return run_slurm(args)
         if args.status:
             print("\n".join(status_lines(args.out.resolve())))
             return 0

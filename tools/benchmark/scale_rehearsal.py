@@ -12,7 +12,8 @@ built at another --fraction, is refused):
                           record 0 = [N+1, C], labels [class, original key], no identity records)
   big/train_part_70_class.rec/.idx      the same with ~8 KB payloads (~30 GB at full size: more
                           than the page cache holds), for the cold prefix start-up only
-  ijbc/IJBC/              IJB-C-shaped protocol: 469,375 crops (hard links to a few 250 px JPEGs),
+  ijbc/IJBC/              IJB-C-shaped protocol: 469,375 crops (hard links to a few 250 px JPEGs,
+                          60,000 links a file),
                           23,124 templates, 15,658,489 pairs, galleries G1/G2 and probes
 Identity sizes: a lognormal (sigma 0.8) per identity, clipped to [2, 12 x mean], then scaled and
 rounded (largest remainders) so each part's total is exact. Payloads are valid 112x112 JPEGs of
@@ -49,8 +50,11 @@ FULL = {"images": 5_179_510, "classes": 93_431, "class30_images": 1_581_241, "cl
         "ijbc_gallery_1": 1_772, "ijbc_gallery_2": 1_759, "ijbc_medias": 140_000}
 SMALL_PAYLOAD, BIG_PAYLOAD = 480, 8192          # bytes of each JPEG payload (multiple of 4)
 MARKER = "complete.json"
+PART_MARKER = ".built"
+PARTS = ("ms1m", "prefix", "big", "ijbc")
 RESULT = "scale_rehearsal.json"
 RANKS = 8
+LINKS_PER_FILE = 60_000
 SD_NAME = "f512_r50_arc_class70"
 
 
@@ -195,7 +199,7 @@ def build_prefix(folder: Path, sizes: np.ndarray, payload: int, first_original_k
 
 
 def build_ijbc(root: Path, counts: dict, rng: np.random.Generator) -> None:
-    """Protocol files with IJB-C's counts; every crop is a hard link to one of 4 250 px JPEGs."""
+    """Protocol files with IJB-C's counts; every crop is a hard link to one of a few 250 px JPEGs."""
     import cv2
     from tools.ijbc_eval.alignment import REFERENCE_POINTS
     from tools.ijbc_eval.protocol import SUBSETS, subset_paths
@@ -205,15 +209,19 @@ def build_ijbc(root: Path, counts: dict, rng: np.random.Generator) -> None:
     num_images, num_templates = counts["ijbc_images"], counts["ijbc_templates"]
     num_gallery = counts["ijbc_gallery_1"] + counts["ijbc_gallery_2"]
     sources = []
-    for variant in range(4):
-        noise = rng.integers(0, 256, (250, 250, 3), dtype=np.uint8)
-        face = cv2.GaussianBlur(noise, (0, 0), 3 + variant)
+    for variant in range(max(4, -(-num_images // LINKS_PER_FILE))):     # ext4 allows 65,000 links a file
+        if variant < 4:
+            noise = rng.integers(0, 256, (250, 250, 3), dtype=np.uint8)
+            face = cv2.GaussianBlur(noise, (0, 0), 3 + variant)
+            encoded = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+        else:
+            encoded = sources[variant % 4].read_bytes()
         source = paths["root"] / f"source_{variant}.jpg"
-        cv2.imwrite(str(source), face, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        source.write_bytes(encoded)
         sources.append(source)
     names = [f"{index + 1}.jpg" for index in range(num_images)]
     for index, name in enumerate(names):
-        os.link(sources[index % 4], paths["images"] / name)
+        os.link(sources[index % len(sources)], paths["images"] / name)
     template_of_image = np.sort(np.r_[np.arange(num_templates),
                                       rng.integers(0, num_templates, num_images - num_templates)])
     media_of_image = np.sort(rng.integers(0, counts["ijbc_medias"], num_images))
@@ -272,8 +280,11 @@ def build_data(work: Path, fraction: float, big: bool) -> dict:
         print(f"reusing the data built in {work} ({built['disk_gb']:.1f} GB, built in {built['seconds']:.0f} s)",
               flush=True)
         return built
-    if work.exists() and any(work.iterdir()):
-        raise ValueError(f"{work} is not empty and has no {MARKER}: a partial or foreign build; "
+    # parts finished by an interrupted build are kept (each has its PART_MARKER); anything else is refused
+    unknown = [entry.name for entry in work.iterdir()
+               if not (entry.name in PARTS and (entry / PART_MARKER).is_file())] if work.exists() else []
+    if unknown:
+        raise ValueError(f"{work} holds {unknown[0]} but no {MARKER}: a partial or foreign build; "
                          f"remove it or pass another --work")
     work.mkdir(parents=True, exist_ok=True)
     counts = shapes(fraction)
@@ -288,9 +299,14 @@ def build_data(work: Path, fraction: float, big: bool) -> dict:
                        ("ijbc", lambda: build_ijbc(work / "ijbc", counts, rng))]:
         if name == "big" and not big:
             continue
+        if (work / name / PART_MARKER).is_file():
+            timings[name] = json.loads((work / name / PART_MARKER).read_text())["seconds"]
+            print(f"reusing {name} (built in {timings[name]:.0f} s)", flush=True)
+            continue
         start = time.perf_counter()
         step()
         timings[name] = round(time.perf_counter() - start, 1)
+        (work / name / PART_MARKER).write_text(json.dumps({"seconds": timings[name]}))
         print(f"built {name}: {folder_bytes(work / name) / 1e9:.2f} GB in {timings[name]:.0f} s", flush=True)
     built = {"fraction": fraction, "counts": counts, "seconds": sum(timings.values()), "build_seconds": timings,
              "disk_gb": round(folder_bytes(work) / 1e9, 2), "max_identity_size": int(sizes.max()),

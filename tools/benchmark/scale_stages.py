@@ -84,7 +84,7 @@ def stage_training(location, steps):
         embeddings = backbone(batch["image"])           # the backbone: not counted
         cpu = time.process_time()
         loss = embeddings.square().mean()
-        float(loss)                                     # the logging line's .item()
+        float(loss.detach())                            # the logging line's .item()
         overhead.append(overhead_cpu + time.process_time() - cpu)
     overhead_ms = 1000 * float(np.median(overhead))
     return {"startup_to_step1_s": startup.wall, "step_overhead_ms": overhead_ms,

@@ -108,7 +108,7 @@ def test_bulk_header_read_equals_one_by_one(tmp_path):
 
 
 def test_read_header_at_reads_array_labels_like_a_full_read(tmp_path):
-    from utils.recordio import unpack
+    from utils.data.recordio import unpack
     prefix = write_mixed_rec(tmp_path)
     reader = RecordIOReader(prefix.with_suffix(".rec"), prefix.with_suffix(".idx"))
     for offset in reader.offset_array.tolist():

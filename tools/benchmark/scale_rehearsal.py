@@ -43,7 +43,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402
 
-from utils.cli import StrictArgumentParser  # noqa: E402
+from tools.benchmark.scale_stages import RANKS, folder_bytes  # noqa: E402
+from utils.common.cli import StrictArgumentParser  # noqa: E402
 
 FULL = {"images": 5_179_510, "classes": 93_431, "class30_images": 1_581_241, "class30_classes": 28_029,
         "ijbc_images": 469_375, "ijbc_templates": 23_124, "ijbc_pairs": 15_658_489, "ijbc_genuine": 19_557,
@@ -53,9 +54,7 @@ MARKER = "complete.json"
 PART_MARKER = ".built"
 PARTS = ("ms1m", "prefix", "big", "ijbc")
 RESULT = "scale_rehearsal.json"
-RANKS = 8
 LINKS_PER_FILE = 60_000
-SD_NAME = "f512_r50_arc_class70"
 
 
 # ---- sizes --------------------------------------------------------------------------------------
@@ -89,7 +88,7 @@ def long_tail_sizes(num_classes: int, total: int, rng: np.random.Generator) -> n
 def jpeg_payloads(length: int, variants: int = 4) -> np.ndarray:
     """[variants, length] uint8: valid 112x112 JPEGs padded to `length` with a comment segment."""
     import cv2
-    from utils.recordio import MAGIC
+    from utils.data.recordio import MAGIC
     payloads = []
     ramp = np.linspace(0, 255, 112, dtype=np.float32)
     for variant in range(variants):
@@ -124,14 +123,14 @@ class RecBuilder:
     """Appends framed records to a .rec and their lines to a .idx, whole blocks at a time."""
 
     def __init__(self, prefix: Path):
-        from utils.recordio import MAGIC
+        from utils.data.recordio import MAGIC
         self.magic, self.prefix = MAGIC, prefix
         self.rec = open(prefix.with_suffix(".rec"), "wb")
         self.idx = open(prefix.with_suffix(".idx"), "w")
         self.offset = 0
 
     def add(self, keys, labels, ids, id2=0, array_labels=None, payloads=None) -> None:
-        from utils.recordio import LENGTH_BITS
+        from utils.data.recordio import LENGTH_BITS
         count = len(keys)
         width = 0 if array_labels is None else array_labels.shape[1]
         payload = 0 if payloads is None else payloads.shape[1]
@@ -254,19 +253,6 @@ def build_ijbc(root: Path, counts: dict, rng: np.random.Generator) -> None:
         with open(paths[key], "w") as handle:
             handle.write("TEMPLATE_ID,SUBJECT_ID,FILENAME\n")
             handle.write("".join(f"{t},{subjects[t]},{names[first_image[t]]}\n" for t in templates.tolist()))
-
-
-def folder_bytes(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    seen, total = set(), 0
-    for item in path.rglob("*"):
-        if item.is_file():
-            status = item.stat()
-            if status.st_ino not in seen:      # hard-linked crops count once
-                seen.add(status.st_ino)
-                total += status.st_blocks * 512
-    return total
 
 
 def build_data(work: Path, fraction: float, big: bool) -> dict:

@@ -14,7 +14,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tools.benchmark.scale_rehearsal import RANKS, SD_NAME, folder_bytes
+RANKS = 8                                # processes per node the stages stand for
+SD_NAME = "f512_r50_arc_class70"         # the feature artifacts' scenario name
+
+
+def folder_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    seen, total = set(), 0
+    for item in path.rglob("*"):
+        if item.is_file():
+            status = item.stat()
+            if status.st_ino not in seen:      # hard-linked crops count once
+                seen.add(status.st_ino)
+                total += status.st_blocks * 512
+    return total
 
 
 def rss_mb() -> float:
@@ -44,7 +58,7 @@ def stage_split(source, out):
 
 # ---- 2. dataset start-up -----------------------------------------------------------------------
 def stage_startup(location):
-    from utils.datasets import FaceRecDataset
+    from utils.data.datasets import FaceRecDataset
     dataset = FaceRecDataset(location, flip=False)
     fingerprint = dataset.fingerprint()
     return {"num_image": fingerprint["num_image"], "num_classes": fingerprint["num_classes"]}
@@ -63,8 +77,8 @@ class StubBackbone(torch.nn.Module):
 
 
 def stage_training(location, steps):
-    from utils.datasets import FaceRecDataset
-    from utils.loader import build_loader, to_device
+    from utils.data.datasets import FaceRecDataset
+    from utils.data.loader import build_loader, to_device
     steps = int(steps)
     with Clock() as startup:
         dataset = FaceRecDataset(location, flip=False)
@@ -114,7 +128,7 @@ def stage_partial_fc(num_classes):
 
 def stage_checkpoint(folder, num_classes):
     from backbones import get_model
-    from utils.checkpoint import atomic_torch_save, load_checkpoint
+    from utils.training.checkpoint import atomic_torch_save, load_checkpoint
     backbone = get_model("r50", 512)
     head = torch.randn(int(num_classes), 512)
     state = {"backbone": backbone.state_dict(), "head": {"weight": head},
@@ -157,8 +171,8 @@ class StubImages(torch.utils.data.Dataset):
 
 def stage_get_feature(location, out):
     from tools.get_feature import get_feature
-    from utils.artifacts import artifact_paths
-    from utils.datasets import FaceRecDataset
+    from utils.artifacts.manifests import artifact_paths
+    from utils.data.datasets import FaceRecDataset
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dataset = StubImages(FaceRecDataset(location, flip=False))
@@ -208,7 +222,7 @@ def stage_artifact(tool, folder):
 
 def stage_refinement(folder):
     from BCT_methods.UniBCT.train import image_chunks, refine_class_prototypes
-    from utils.artifacts import load_old_features
+    from utils.artifacts.manifests import load_old_features
     features, labels, _, num_classes = load_old_features(SD_NAME, Path(folder))
     sizes = np.bincount(labels, minlength=num_classes)
     starts = np.concatenate([[0], np.cumsum(sizes)])
@@ -227,8 +241,8 @@ def stage_refinement(folder):
 
 
 def stage_feature_store(folder):
-    from utils.artifacts import artifact_paths, OLD_FEATURES
-    from utils.feature_store import ArrayStore
+    from utils.artifacts.manifests import artifact_paths, OLD_FEATURES
+    from utils.data.feature_store import ArrayStore
     rng = np.random.default_rng(0)
     with Clock() as clock:
         store = ArrayStore(artifact_paths(SD_NAME, Path(folder))[OLD_FEATURES], normalise_rows=True)

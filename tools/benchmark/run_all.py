@@ -35,7 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from utils.common.cli import StrictArgumentParser  # noqa: E402
-SCALE_SMOKE_FRACTION = 0.002   # the CI size of the scale rehearsal (~20 s on 2 busy cores)
+SCALE_SMOKE_FRACTION = 0.002   # the CI size of the scale rehearsal (17 s at load 4, 45 s at load 7 on 2 cores)
 BUDGET_SECONDS = 570      # the whole run, inside a 10-minute device window (start-up aside)
 
 # name -> script, arguments per profile, time limit per profile (s), smoke-size overrides.

@@ -10,6 +10,11 @@ the 93,431 MS1M-V3 classes at 512-d; the CPU profile a tiny network.
     python tools/benchmark/run_all.py --only data train_step
     python tools/benchmark/run_all.py --json bench_results.json
     python tools/benchmark/run_all.py --profile gpu --device cpu --smoke   # every GPU code path, tiny sizes, on the CPU
+    python tools/benchmark/run_all.py --profile scale --scale-work /data/scale   # the CPU side at MS1M-V3 size
+
+--profile scale runs tools/benchmark/scale_rehearsal.py (every CPU-side stage at MS1M-V3 and
+IJB-C's real sizes; it builds ~40 GB of data under --scale-work once and takes tens of
+minutes, so no time budget applies); with --smoke it runs at --fraction 0.002.
 
 --smoke keeps a profile's flags (precision, device handling, which parts run) but shrinks every
 size, so the tests can run the GPU profile's code paths on a CPU in seconds.
@@ -21,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -29,6 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from utils.common.cli import StrictArgumentParser  # noqa: E402
+SCALE_SMOKE_FRACTION = 0.002   # the CI size of the scale rehearsal (17 s at load 4, 45 s at load 7 on 2 cores)
 BUDGET_SECONDS = 570      # the whole run, inside a 10-minute device window (start-up aside)
 
 # name -> script, arguments per profile, time limit per profile (s), smoke-size overrides.
@@ -100,11 +107,23 @@ def last_json_line(text: str):
     return None
 
 
+def run_scale_rehearsal(work: Path, smoke: bool) -> int:
+    """The scale rehearsal in this process's terminal (its table and JSON under `work`)."""
+    command = [sys.executable, str(REPO_ROOT / "tools" / "benchmark" / "scale_rehearsal.py"), "--work", str(work)]
+    if smoke:
+        command += ["--fraction", str(SCALE_SMOKE_FRACTION), "--train-steps", "5", "--decode-crops", "200"]
+    print(f"== scale rehearsal: {' '.join(command[1:])}", flush=True)
+    return subprocess.run(command, cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+
+
 def main(argv=None) -> int:
     parser = StrictArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), help="run only these benchmarks")
-    parser.add_argument("--profile", choices=["auto", "cpu", "gpu"], default="auto",
-                        help="which argument set and time limits (auto: gpu when CUDA is available)")
+    parser.add_argument("--profile", choices=["auto", "cpu", "gpu", "scale"], default="auto",
+                        help="which argument set and time limits (auto: gpu when CUDA is available); "
+                             "scale: the scale rehearsal instead of the benchmarks")
+    parser.add_argument("--scale-work", type=Path, default=Path(tempfile.gettempdir()) / "mixbct_scale_rehearsal",
+                        help="--profile scale: data and results folder (outside the repository)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="device for the benchmarks that take one (auto: cuda for the gpu profile)")
     parser.add_argument("--smoke", action="store_true", help="the profile's code paths at tiny sizes (tests)")
@@ -112,6 +131,8 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=BUDGET_SECONDS, help="seconds for the whole run")
     parser.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every time limit")
     args = parser.parse_args(argv)
+    if args.profile == "scale":
+        return run_scale_rehearsal(args.scale_work, args.smoke)
 
     profile = args.profile
     if profile == "auto":

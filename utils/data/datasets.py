@@ -67,6 +67,7 @@ class FaceRecDataset(Dataset):
         self.rec_path, self.idx_path = index.location.rec_path, index.location.idx_path
         self.property_path = index.location.property_path
         self.reader = index.reader
+        self._index_sha256 = index.index_sha256    # hashed once when the labels cache needed it
         self.image_keys = index.image_keys
         self.image_offsets = index.image_offsets
         self.labels = index.labels
@@ -118,7 +119,7 @@ class FaceRecDataset(Dataset):
         if self._fingerprint is None:   # hashing a 100 MB .idx once is enough
             self._fingerprint = {"name": self.location.name, "num_image": len(self),
                                  "num_classes": self.num_classes, "labels_sha256": labels_sha256(self.labels),
-                                 "index_sha256": file_sha256(self.idx_path)}
+                                 "index_sha256": self._index_sha256 or file_sha256(self.idx_path)}
         return dict(self._fingerprint)
 
 

@@ -18,6 +18,8 @@ from typing import NamedTuple, Optional, Tuple, Union
 import numpy as np
 
 from utils.common.atomic_files import atomic_write_text
+from utils.common.checksums import file_sha256
+from utils.data.label_cache import cached_labels
 from utils.data.recordio import (IRHeader, PublishOnSuccess, RecordIOError, RecordIOReader, RecordIOWriter, encode_image, pack)
 
 REC_NAME, IDX_NAME, PROPERTY_NAME = "train.rec", "train.idx", "property"
@@ -164,12 +166,16 @@ class FaceRecIndex:
     `class_ranges` ([C, 2] dataset positions [start, end) when labels are grouped, else None).
     `rec` is a folder or a reference prefix (`locate_rec`). `labels_from`: "auto" (identity
     records when the header layout has them, else the image records), "images", "identities".
+    With `cache_labels`, labels that come from the image records under "auto" are read once per
+    index and kept beside it (utils.data.label_cache); `index_sha256` is then the .idx checksum,
+    else None. "images" always reads the records (the split tool checks them).
     """
 
-    def __init__(self, rec, labels_from: str = "auto"):
+    def __init__(self, rec, labels_from: str = "auto", cache_labels: bool = True):
         if labels_from not in ("auto", "images", "identities"):
             raise ValueError(f"labels_from must be auto, images or identities, got {labels_from!r}")
         self.location = locate_rec(rec)
+        self.index_sha256 = None
         self.reader = RecordIOReader(self.location.rec_path, self.location.idx_path)
         keys = self.reader.key_array
         header = self.reader.read_header_at(self.reader.offset_of(0)) if 0 in self.reader else None
@@ -191,16 +197,21 @@ class FaceRecIndex:
             if not self.has_identity_records:
                 raise RecordIOError(f"{self.reader.idx_path}: no header record 0 with identity ranges")
             self.labels, self.labels_source = self._labels_from_identities(), "identities"
+        elif labels_from == "auto" and cache_labels:
+            self.index_sha256 = file_sha256(self.reader.idx_path)
+            self.labels = cached_labels(self.reader.idx_path, self.reader.file_size, len(self.image_keys),
+                                        self._labels_from_images, self.index_sha256)
+            self.labels_source = "images"
         else:
             self.labels, self.labels_source = self._labels_from_images(), "images"
         self.num_classes = int(self.labels.max()) + 1 if len(self.labels) else 0
         self.class_ranges = self._class_ranges()
 
     def _labels_from_images(self) -> np.ndarray:
-        labels = np.empty(len(self.image_keys), dtype=np.float64)
-        for position, (key, offset) in enumerate(zip(self.image_keys.tolist(), self.image_offsets.tolist())):
-            header = self.reader.read_header_at(offset)
-            labels[position] = image_record_label(header)
+        headers = self.reader.read_headers(self.image_offsets)     # one pass in file order
+        labels = np.where(headers.flag == 0, headers.label, headers.labels[:, 0]).astype(np.float64)
+        for position in np.flatnonzero(~headers.ok).tolist():      # split or damaged: read (and named) one by one
+            labels[position] = image_record_label(self.reader.read_header_at(int(self.image_offsets[position])))
         not_integer = np.flatnonzero((labels != np.round(labels)) | (labels < 0))
         if not_integer.size:
             bad = int(not_integer[0])
@@ -210,13 +221,16 @@ class FaceRecIndex:
 
     def _labels_from_identities(self) -> np.ndarray:
         first_identity, identity_end = self.header_label
-        ranges = []
-        for key in range(first_identity, identity_end):
+        identity_keys = np.arange(first_identity, identity_end, dtype=np.int64)
+        headers = self.reader.read_headers(self.reader.offsets_of(identity_keys))
+        pairs = headers.labels.astype(np.float64)
+        for position in np.flatnonzero(~headers.ok | (headers.flag < 2)).tolist():
+            key = int(identity_keys[position])
             header = self.reader.read_header_at(self.reader.offset_of(key))
             if header.flag < 2:
                 raise RecordIOError(f"{self.reader.rec_path}: identity record {key} has no [first, end) label pair")
-            ranges.append(header.label[:2])
-        ranges = np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
+            pairs[position] = header.label[:2]
+        ranges = pairs.astype(np.int64).reshape(-1, 2)
         starts, ends = ranges[:, 0], ranges[:, 1]
         broken = (starts != np.concatenate([[1], ends[:-1]])) | (ends <= starts)
         if len(ranges) and ends[-1] != first_identity:

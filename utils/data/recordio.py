@@ -42,6 +42,17 @@ IRHeader = namedtuple("IRHeader", ["flag", "label", "id", "id2"])
 _IDX_LINE = re.compile(r"^[ \t]*(-?\d+)\t[ \t]*(\d+)[ \t\r]*$", re.MULTILINE)
 
 
+HeaderTable = namedtuple("HeaderTable", ["flag", "label", "labels", "ok"])
+
+
+def increasing_unique(values: np.ndarray) -> np.ndarray:
+    """np.unique(values) without its sort when `values` is already strictly increasing (every
+    writer's .idx lists offsets in file order, so this is the usual case at millions of records)."""
+    if len(values) < 2 or bool(np.all(values[1:] > values[:-1])):
+        return values
+    return np.unique(values)
+
+
 class RecordIOError(ValueError):
     """A .rec/.idx file (or a record in it) is malformed; the message names the file and place."""
 
@@ -164,6 +175,11 @@ _CHECK_BLOCK_BYTES = 1 << 23
 # First read of a record: up to the next indexed record, at most 1 MiB; 16 KiB (a face JPEG) without
 # an index. More is read when the record turns out longer.
 _MAX_FIRST_READ, _UNINDEXED_FIRST_READ = 1 << 20, 1 << 14
+# Bulk header reads: chunk header + IRHeader + the first two array labels, from spans of the file.
+_HEAD_BYTES = CHUNK_HEADER.size + IR_HEADER.size + 8
+_SPAN_BYTES = 1 << 23
+# read_header_at reads this many array labels with the header (identity records have 2).
+_HEADER_LABELS_READ = 2
 
 
 def _lines_are_canonical(block: bytes) -> bool:
@@ -190,14 +206,18 @@ def parse_idx(idx_path) -> Tuple[np.ndarray, np.ndarray]:
         raise RecordIOError(f"{idx_path}: index file not found") from None
     if data and not data.endswith(b"\n"):
         data += b"\n"
-    blocks, start = [], 0
+    # memoryview slices: the check reads the text in place instead of holding a second copy of it
+    text_view, blocks, start = memoryview(data), [], 0
     while start < len(data):
         end = data.find(b"\n", min(start + _CHECK_BLOCK_BYTES, len(data) - 1)) + 1
-        blocks.append(data[start:end])
+        blocks.append(text_view[start:end])
         start = end
     num_lines = data.count(b"\n")
-    if all(_lines_are_canonical(block) for block in blocks):
+    canonical = all(_lines_are_canonical(block) for block in blocks)
+    del blocks, text_view
+    if canonical:
         table = np.fromstring(data, dtype=np.int64, sep=" ")   # text mode: every whitespace separates
+        del data   # the text is not needed any more: free it before the columns are copied out
     else:
         try:
             text = data.decode()
@@ -211,9 +231,11 @@ def parse_idx(idx_path) -> Tuple[np.ndarray, np.ndarray]:
         table = np.array(_IDX_LINE.findall(text), dtype=np.int64)
     if table.size != 2 * num_lines:
         raise RecordIOError(f"{idx_path}: parsed {table.size} numbers from {num_lines} lines")
-    table = table.reshape(-1, 2)
-    keys, offsets = table[:, 0].copy(), table[:, 1].copy()
-    sorted_keys = np.sort(keys)
+    keys = table[0::2].copy()
+    offsets = table[1::2].copy()
+    del table
+    # stable sort = timsort here: linear on the (nearly) sorted keys every writer produces
+    sorted_keys = np.sort(keys, kind="stable")
     repeated = sorted_keys[1:][sorted_keys[1:] == sorted_keys[:-1]]
     if repeated.size:
         line = int(np.flatnonzero(keys == repeated[0])[1]) + 1
@@ -248,7 +270,7 @@ class RecordIOReader:
         self._key_order = np.argsort(self._keys, kind="stable")
         self._sorted_keys = self._keys[self._key_order]
         # Record starts in file order: a record is at most as long as the gap to the next one.
-        self._record_starts = np.unique(np.append(self._offsets, self.file_size))
+        self._record_starts = increasing_unique(np.append(self._offsets, self.file_size))
 
     # ---- file handle, reopened after a fork -----------------------------------------------------
     def _descriptor(self) -> int:
@@ -375,19 +397,66 @@ class RecordIOReader:
             raise RecordIOError(f"{error} (key {key})") from None
 
     def read_header_at(self, offset: int) -> IRHeader:
-        """The IRHeader of the record at `offset`, reading 32 bytes when the record allows it."""
-        head = os.pread(self._descriptor(), CHUNK_HEADER.size + IR_HEADER.size, max(offset, 0))
-        if len(head) == CHUNK_HEADER.size + IR_HEADER.size and 0 <= offset < self.file_size:
+        """The IRHeader of the record at `offset`, reading only its first bytes (32, plus the array
+        labels) when the record is one whole chunk."""
+        head_size = CHUNK_HEADER.size + IR_HEADER.size + 4 * _HEADER_LABELS_READ
+        head = os.pread(self._descriptor(), head_size, max(offset, 0))
+        if len(head) >= CHUNK_HEADER.size + IR_HEADER.size and 0 <= offset < self.file_size:
             magic, lrecord = CHUNK_HEADER.unpack_from(head)
-            whole_header = lrecord >> LENGTH_BITS == CFLAG_WHOLE and lrecord & MAX_CHUNK_LENGTH >= IR_HEADER.size
-            if magic == MAGIC and whole_header and IR_HEADER.unpack_from(head, CHUNK_HEADER.size)[0] == 0:
-                return IRHeader(*IR_HEADER.unpack_from(head, CHUNK_HEADER.size))
-        # Array labels, a split header or a corrupt chunk: the full read handles (and names) them.
+            length = lrecord & MAX_CHUNK_LENGTH
+            flag = IR_HEADER.unpack_from(head, CHUNK_HEADER.size)[0]
+            if magic == MAGIC and lrecord >> LENGTH_BITS == CFLAG_WHOLE and length >= IR_HEADER.size + 4 * flag:
+                if CHUNK_HEADER.size + IR_HEADER.size + 4 * flag > len(head):   # many labels: read them
+                    head = os.pread(self._descriptor(), CHUNK_HEADER.size + IR_HEADER.size + 4 * flag, offset)
+                record = head[CHUNK_HEADER.size:CHUNK_HEADER.size + IR_HEADER.size + 4 * flag]
+                if len(record) == IR_HEADER.size + 4 * flag:
+                    return unpack(record)[0]
+        # A split header or a corrupt chunk: the full read handles (and names) them.
         record = self.read_at(offset)
         try:
             return unpack(record)[0]
         except RecordIOError as error:
             raise RecordIOError(f"{self.rec_path}: record at offset {offset}: {error}") from None
+
+    def read_headers(self, offsets) -> HeaderTable:
+        """Header fields of the records at `offsets` (any order), read in file order in large
+        sequential spans (one pass over the file, not one random read per record).
+
+        Returns a HeaderTable of arrays in the order of `offsets`; `ok[i]` is False where the fast
+        path cannot vouch for record i (split into chunks, corrupt, or too short): callers read
+        those with `read_header_at`, which handles or names them. `labels[i]` holds the first
+        two array labels (flag >= 1; the second only when flag >= 2), `label` the in-struct one.
+        Memory: 13 bytes per record plus one span.
+        """
+        offsets = np.asarray(offsets, dtype=np.int64)
+        count = len(offsets)
+        table = HeaderTable(flag=np.zeros(count, dtype=np.uint32), label=np.zeros(count, dtype=np.float32),
+                            labels=np.zeros((count, 2), dtype=np.float32), ok=np.zeros(count, dtype=bool))
+        order = np.argsort(offsets, kind="stable")
+        sorted_offsets = offsets[order]
+        descriptor = self._descriptor()
+        first = 0
+        while first < count:
+            start = int(sorted_offsets[first])
+            last = max(int(np.searchsorted(sorted_offsets, start + _SPAN_BYTES - _HEAD_BYTES, side="right")),
+                       first + 1)
+            if start < 0 or start >= self.file_size:
+                first += 1          # left for read_header_at to name
+                continue
+            span = os.pread(descriptor, min(int(sorted_offsets[last - 1]) + _HEAD_BYTES, self.file_size) - start, start)
+            relative = sorted_offsets[first:last] - start
+            inside = relative + _HEAD_BYTES <= len(span)
+            positions = order[first:last][inside]
+            words = np.frombuffer(span, dtype=np.uint8)[relative[inside, None] + np.arange(_HEAD_BYTES)].view("<u4")
+            flags = words[:, 2]
+            table.flag[positions] = flags
+            table.label[positions] = words[:, 3].view("<f4")
+            table.labels[positions] = words[:, 8:10].view("<f4")
+            table.ok[positions] = ((words[:, 0] == MAGIC) & (words[:, 1] >> LENGTH_BITS == CFLAG_WHOLE)
+                                   & ((words[:, 1] & MAX_CHUNK_LENGTH).astype(np.int64)
+                                      >= IR_HEADER.size + 4 * flags.astype(np.int64)))
+            first = last
+        return table
 
     def __iter__(self) -> Iterator[Tuple[int, bytes]]:
         offset = 0

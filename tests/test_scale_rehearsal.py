@@ -1,0 +1,169 @@
+"""The scale rehearsal (issue 16) at a smoke size, and the start-up fixes it led to: the bulk
+header read, the sorted-offsets shortcut and the per-index label cache give the same results as
+the one-record-at-a-time code they replace."""
+import json
+import multiprocessing
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tools.benchmark.scale_rehearsal import long_tail_sizes
+from utils.data import label_cache
+from utils.data.face_rec import FaceRecIndex
+from utils.data.recordio import MAGIC_BYTES, IRHeader, RecordIOReader, RecordIOWriter, increasing_unique, pack
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SECTION_2_STAGES = ["split tool", "start-up folder", "start-up prefix", "training start-up", "Partial FC",
+                    "checkpoint save + load", "get_feature.py write path", "avg_feature", "credible", "class_meta",
+                    "UniBCT prototype refinement", "old-feature store", "IJB-C protocol load + image fingerprint",
+                    "IJB-C decode + alignment", "IJB-C evaluation self 1:1", "IJB-C evaluation self 1:N",
+                    "IJB-C evaluation cross 1:1", "IJB-C evaluation cross 1:N"]
+
+
+def test_run_all_scale_profile_smoke_writes_every_stage(tmp_path):
+    """`run_all.py --profile scale --smoke` (fraction 0.002: 10,359 images, 187 identities, a
+    0.1 GB large-payload rec, 939 IJB-C crops) builds, measures and reports every stage."""
+    work = tmp_path / "work"
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "benchmark" / "run_all.py"), "--profile", "scale",
+                           "--smoke", "--scale-work", str(work)], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((work / "scale_rehearsal.json").read_text())
+    assert report["fraction"] == 0.002 and report["machine"]
+    assert report["build"]["counts"]["images"] == round(5_179_510 * 0.002)
+    names = [entry["stage"] for entry in report["stages"]]
+    for stage in SECTION_2_STAGES:
+        assert any(name.startswith(stage) for name in names), f"stage {stage!r} missing from {names}"
+    startups = [name for name in names if name.startswith("start-up")]
+    assert any("8 proc" in name and "cold" in name for name in startups)
+    assert any("1 proc" in name and "warm" in name for name in startups)
+    for entry in report["stages"]:
+        assert set(entry) >= {"stage", "wall_s", "cpu_s", "peak_rss_mb", "disk_mb", "target", "met", "note"}
+        assert all(isinstance(entry[key], float) and entry[key] >= 0 for key in ("wall_s", "cpu_s", "peak_rss_mb", "disk_mb"))
+        assert entry["met"] in (True, False, None)
+        assert entry["stage"] in done.stdout               # the printed table holds every row
+    split = next(entry for entry in report["stages"] if entry["stage"].startswith("split tool"))
+    assert split["disk_mb"] > 0
+    # a second run reuses the data; a foreign or partial folder is refused in one line
+    stray = tmp_path / "partial"
+    stray.mkdir()
+    (stray / "train.rec").write_bytes(b"half")
+    refused = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "benchmark" / "scale_rehearsal.py"), "--work",
+                              str(stray), "--fraction", "0.002"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1
+    assert refused.stderr.count("\n") == 1 and "no complete.json" in refused.stderr
+
+
+def test_identity_sizes_have_the_exact_total_and_a_long_tail():
+    sizes = long_tail_sizes(65_402, 3_598_269, np.random.default_rng(0))
+    assert sizes.sum() == 3_598_269 and sizes.min() >= 1
+    assert sizes.max() > 5 * sizes.mean() > 5 * np.median(sizes) * 0.9      # a tail above the bulk
+
+
+def test_increasing_unique_equals_np_unique():
+    rng = np.random.default_rng(0)
+    increasing = np.cumsum(rng.integers(1, 9, 1000))
+    assert np.array_equal(increasing_unique(increasing), np.unique(increasing))
+    shuffled = rng.permutation(np.r_[increasing, increasing[:10]])
+    assert np.array_equal(increasing_unique(shuffled), np.unique(shuffled))
+
+
+def write_mixed_rec(folder: Path) -> Path:
+    """Scalar labels, array labels, a header split at a magic, and a large array label count."""
+    prefix = folder / "mixed"
+    with RecordIOWriter(prefix.with_suffix(".rec"), prefix.with_suffix(".idx")) as writer:
+        writer.write_idx(0, pack(IRHeader(0, [7.0, 3.0], 0, 0), b""))
+        for key in range(1, 40):
+            if key % 5 == 0:
+                label = [float(key % 3), float(key)]
+            elif key % 7 == 0:
+                label = list(np.arange(20, dtype=np.float32) + key)       # longer than the bulk read holds
+            else:
+                label = float(key % 4)
+            payload = (MAGIC_BYTES * 2 if key == 11 else b"") + bytes(range(key % 50))
+            record = pack(IRHeader(0, label, key, 0), payload)
+            if key == 13:   # a magic inside the IRHeader's id field: the header itself is split
+                record = pack(IRHeader(0, 1.0, int.from_bytes(MAGIC_BYTES, "little"), 0), payload)
+            writer.write_idx(key, record)
+    return prefix
+
+
+def test_bulk_header_read_equals_one_by_one(tmp_path):
+    prefix = write_mixed_rec(tmp_path)
+    reader = RecordIOReader(prefix.with_suffix(".rec"), prefix.with_suffix(".idx"))
+    offsets = reader.offset_array[::-1].copy()          # any order in, same order out
+    table = reader.read_headers(offsets)
+    assert not table.ok[list(reader.key_array[::-1]).index(13)]   # split header: left to read_header_at
+    for position, offset in enumerate(offsets.tolist()):
+        header = reader.read_header_at(offset)
+        if table.ok[position]:
+            assert table.flag[position] == header.flag
+            if header.flag == 0:
+                assert table.label[position] == np.float32(header.label)
+            else:
+                assert np.array_equal(table.labels[position][:min(2, header.flag)], header.label[:2])
+
+
+def test_read_header_at_reads_array_labels_like_a_full_read(tmp_path):
+    from utils.data.recordio import unpack
+    prefix = write_mixed_rec(tmp_path)
+    reader = RecordIOReader(prefix.with_suffix(".rec"), prefix.with_suffix(".idx"))
+    for offset in reader.offset_array.tolist():
+        expected = unpack(reader.read_at(offset))[0]
+        header = reader.read_header_at(offset)
+        assert (header.flag, header.id, header.id2) == (expected.flag, expected.id, expected.id2)
+        assert np.array_equal(np.asarray(header.label), np.asarray(expected.label))
+
+
+def test_index_labels_equal_one_record_at_a_time(tmp_path):
+    """FaceRecIndex's bulk label read (prefix layout, split records included) = read_header_at per image."""
+    prefix = write_mixed_rec(tmp_path)
+    index = FaceRecIndex(prefix, labels_from="images")
+    expected = [int(np.asarray(index.reader.read_header_at(int(offset)).label).reshape(-1)[0])
+                for offset in index.image_offsets]
+    assert index.labels.tolist() == expected
+
+
+def _read_through_cache(idx_path, log_path, result_path):
+    def read():
+        with open(log_path, "a") as log:
+            log.write("read\n")
+        import time
+        time.sleep(0.3)                 # long enough for the other processes to queue on the lock
+        return np.arange(label_cache.CACHE_MIN_IMAGES, dtype=np.int64) % 97
+    labels = label_cache.cached_labels(idx_path, 1234, label_cache.CACHE_MIN_IMAGES, read)
+    np.save(result_path, labels)
+
+
+def test_label_cache_is_read_once_by_one_of_several_processes(tmp_path):
+    idx = tmp_path / "train_part_70_class.idx"
+    idx.write_text("1\t0\n")
+    log = tmp_path / "reads.log"
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=_read_through_cache, args=(idx, log, tmp_path / f"labels{rank}.npy"))
+                 for rank in range(6)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(30)
+        assert process.exitcode == 0
+    assert log.read_text() == "read\n"                     # one process read, the others waited
+    expected = np.arange(label_cache.CACHE_MIN_IMAGES) % 97
+    for rank in range(6):
+        assert np.array_equal(np.load(tmp_path / f"labels{rank}.npy"), expected)
+    cached = [path for path in tmp_path.iterdir() if path.name.endswith(".npy") and "labels-" in path.name]
+    assert len(cached) == 1 and not list(tmp_path.glob("*.tmp"))
+    idx.write_text("1\t4\n")                               # another index: another key, read again
+    _read_through_cache(idx, log, tmp_path / "again.npy")
+    assert log.read_text() == "read\nread\n"
+
+
+def test_small_sets_leave_no_cache_file(tmp_path):
+    idx = tmp_path / "small.idx"
+    idx.write_text("1\t0\n")
+    labels = label_cache.cached_labels(idx, 10, 3, lambda: np.array([0, 1, 1]))
+    assert labels.tolist() == [0, 1, 1]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["small.idx"]

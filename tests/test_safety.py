@@ -469,6 +469,35 @@ def test_typed_override_values():
     assert cfg.clip_grad_norm is None and cfg.network == "50" and cfg.margin_list == (1.0, 0.5, 0.0)
 
 
+
+def test_config_file_values_are_type_checked_like_overrides(tmp_path, tiny_rec, capsys):
+    """A config file's value goes through the same type check as --set: one line naming the file and key."""
+    for key, value, expected in (("lr", "abc", "lr takes a number (default 0.1), got 'abc'"),
+                                 ("tensorboard", "no", "tensorboard takes True or False"),
+                                 ("num_epoch", 1.5, "num_epoch takes an integer (default 20), got 1.5"),
+                                 ("margin_list", 0.5, "margin_list takes a list"),
+                                 ("num_classes", "10", "num_classes takes an integer or None"),
+                                 ("rec", 7, "rec takes a string or None")):
+        keys = tiny_training_keys(tiny_rec, tmp_path / "out")
+        keys[key] = value
+        config = write_config(tmp_path / f"bad_{key}.py", **keys)
+        error = refused(capsys, config)
+        assert f"config file {config}:" in error and expected in error, error
+        assert not (tmp_path / "out").exists()
+
+
+def test_config_file_values_take_their_keys_types():
+    from utils.common.config import check_value
+    assert check_value("lr", 1, 0.1, "here") == 1.0 and isinstance(check_value("lr", 1, 0.1, "here"), float)
+    assert check_value("clip_grad_norm", None, 5.0, "here") is None
+    assert check_value("rec", Path("/data/x"), None, "here") == "/data/x"
+    assert check_value("nccl_entropy_filter", 1, None, "here") == 1.0
+    assert check_value("decay_epoch", (1, 2), [], "here") == (1, 2)
+    with pytest.raises(ValueError, match="here: fp16 takes True or False"):
+        check_value("fp16", 1, False, "here")
+    with pytest.raises(ValueError, match="here: batch_size takes an integer"):
+        check_value("batch_size", True, 128, "here")
+
 # ---- other anticipated failures: one line --------------------------------------------------------
 def test_unwritable_output_folder(tmp_path, tiny_rec, capsys, one_thread):
     blocker = tmp_path / "a_file"

@@ -31,6 +31,11 @@ RESUME_FIXED_KEYS = ("method", "synthetic", "num_image", "num_classes", "batch_s
                      "old_network", "old_embedding_size", "advbct_hidden", "nccl_queue_size")
 # keys a resume may change without a warning (where the run is, how it is named); any other change is logged
 RESUME_IGNORED_KEYS = ("output", "resume", "config_name")
+# the types of the keys whose default in configs/base.py is None (any other key: its default's type)
+NONE_DEFAULT_TYPES = {"rec": str, "output": str, "num_classes": int, "num_image": int,
+                      "old_network": str, "old_embedding_size": int, "old_features": str,
+                      "old_labels": str, "class_prototypes": str, "credible_mask": str,
+                      "class_meta": str, "nccl_entropy_filter": float}
 PATH_KEYS = ("rec", "output", "old_features", "old_labels", "class_prototypes", "credible_mask",
              "class_meta")
 
@@ -72,42 +77,65 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def typed_override(text: str, defaults: Mapping[str, Any]) -> tuple[str, Any]:
     """(key, value) of override `text` (key=value): the key must be one of `defaults` (configs/base.py),
-    the value is taken as the type of the key's default there."""
+    the value is taken as the type of the key's default there (check_value)."""
     key, value = parse_override(text)
     if key not in defaults:
         raise _unknown_key_error(key, defaults, f"override {text!r}")
-    return key, _as_type_of_default(key, value, text, defaults[key])
-
-
-def _as_type_of_default(key: str, value: Any, text: str, default: Any) -> Any:
-    """bools take True / False only, numbers a number, lists and tuples a list or tuple literal,
-    strings the text as written; keys whose default is None take any literal."""
     raw_value = text.partition("=")[2].strip()
-    if default is None or (value is None and key in NULLABLE_KEYS):
+    kind = _key_type(key, defaults[key])
+    # on the command line a string key takes the text as written (network=50 is "50"; rec=None
+    # stays None where None is allowed), and a bool key takes true / false in any case
+    if kind is str and not isinstance(value, str) and not (value is None and defaults[key] is None):
+        value = raw_value
+    elif kind is bool and raw_value.lower() in ("true", "false"):
+        value = raw_value.lower() == "true"
+    return key, check_value(key, value, defaults[key], f"override {text!r}")
+
+
+def _key_type(key: str, default: Any) -> type | None:
+    """The type `key` takes: its default's in configs/base.py, NONE_DEFAULT_TYPES's where that is None."""
+    return NONE_DEFAULT_TYPES.get(key) if default is None else type(default)
+
+
+def _expected_type(key: str, default: Any) -> tuple[str, Any] | None:
+    """(description, checker) of the values `key` takes; None where any value goes."""
+    kind = _key_type(key, default)
+    if kind is None:
+        return None
+    if kind is bool:
+        return "True or False", lambda value: isinstance(value, bool)
+    if kind is int:
+        return "an integer", lambda value: isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return "a number", lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind in (list, tuple):
+        return "a list, e.g. ['lfw'] or (1.0, 0.5, 0.0)", lambda value: isinstance(value, (list, tuple))
+    if kind is str:
+        return "a string", lambda value: isinstance(value, (str, os.PathLike))
+    return None
+
+
+def check_value(key: str, value: Any, default: Any, where: str) -> Any:
+    """`value` for `key` if it has the type of the key's default in configs/base.py (bools True / False
+    only, integers an int, numbers an int or float (made float), lists a list or tuple, strings
+    a string or path), else a one-line ValueError naming `where` and the key. None is taken where
+    the default is None or the key is in NULLABLE_KEYS. The one type check for config files and
+    --set alike."""
+    if value is None and (default is None or key in NULLABLE_KEYS):
         return value
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if raw_value.lower() in ("true", "false"):
-            return raw_value.lower() == "true"
-        expected = "True or False"
-    elif isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        expected = "an integer"
-    elif isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        expected = "a number"
-    elif isinstance(default, (list, tuple)):
-        if isinstance(value, (list, tuple)):
-            return value
-        expected = "a list, e.g. \"['lfw']\" or \"(1.0, 0.5, 0.0)\""
-    elif isinstance(default, str):
-        return value if isinstance(value, str) else raw_value  # network=50 stays the text "50"
-    else:
+    expected = _expected_type(key, default)
+    if expected is None:
         return value
-    raise ValueError(f"override {text!r}: {key} takes {expected} (default {default!r}), got {raw_value!r}")
+    description, accepts = expected
+    if not accepts(value):
+        none_note = " or None" if default is None or key in NULLABLE_KEYS else ""
+        raise ValueError(f"{where}: {key} takes {description}{none_note} (default {default!r}), "
+                         f"got {value!r}")
+    if _key_type(key, default) is float:
+        return float(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
 
 
 def resolve_path(value: Any) -> Any:
@@ -126,7 +154,7 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> EasyD
     for key, value in _exec_config(config_path).items():
         if key not in merged:
             raise _unknown_key_error(key, merged, str(config_path))
-        merged[key] = value
+        merged[key] = check_value(key, value, defaults[key], f"config file {config_path}")
     for text in overrides:
         key, value = typed_override(text, defaults)
         merged[key] = value

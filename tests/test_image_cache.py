@@ -3,6 +3,7 @@ datasets and loader workers reuse; large or mixed-size sets and other datasets a
 import os
 import random
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -92,3 +93,37 @@ def test_a_rewritten_rec_gets_a_new_cache(rec):
     second = with_image_cache(FaceRecDataset(rec, flip=False), min_images=1)
     assert second.images_path != first.images_path and len(second) == 5
     assert torch.equal(second[2][0], FaceRecDataset(rec, flip=False)[2][0])
+
+
+def test_a_same_size_in_place_edit_with_the_mtime_restored_gets_a_new_cache(tmp_path):
+    """The key is the rec's content: an edit that keeps the size and the modification time (BMP
+    records: same dimensions, same bytes) still means decoding again, never the old pixels."""
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (20, 24, 3), dtype=np.uint8) for _ in range(10)]
+    with FaceRecWriter(tmp_path, image_size=(20, 24)) as writer:
+        for number, image in enumerate(images):
+            writer.add_image(number // 5, image, img_fmt=".bmp")
+    first = with_image_cache(FaceRecDataset(tmp_path, flip=False), min_images=1)
+    rec_path = tmp_path / "train.rec"
+    status = os.stat(rec_path)
+    content = rec_path.read_bytes()
+    replacement = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    old_bytes, new_bytes = (cv2.imencode(".bmp", image)[1].tobytes() for image in (images[7], replacement))
+    assert len(old_bytes) == len(new_bytes) and content.count(old_bytes) == 1
+    with open(rec_path, "r+b") as handle:   # in place: same file, same size
+        handle.seek(content.index(old_bytes))
+        handle.write(new_bytes)
+    os.utime(rec_path, ns=(status.st_atime_ns, status.st_mtime_ns))
+    assert os.stat(rec_path).st_size == status.st_size and os.stat(rec_path).st_mtime_ns == status.st_mtime_ns
+    second = with_image_cache(FaceRecDataset(tmp_path, flip=False), min_images=1)
+    assert second.images_path != first.images_path
+    expected = torch.from_numpy(cv2.cvtColor(replacement, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
+    assert torch.equal(second[7][0], expected)
+    assert torch.equal(second[6][0], first[6][0])
+
+
+def test_a_touch_without_a_change_reuses_the_cache(rec):
+    first = with_image_cache(FaceRecDataset(rec, flip=False), min_images=1)
+    os.utime(rec / "train.rec", ns=(1, 10 ** 18))
+    again = with_image_cache(FaceRecDataset(rec, flip=False), min_images=1)
+    assert again.images_path == first.images_path

@@ -5,15 +5,17 @@ e.g. the demo's few thousand faces)
 is decoded once into one uint8 RGB array [N, 3, H, W] saved as
 `<rec folder>/.decoded_images/<key>.npy`; every later training on the same rec, and every loader
 worker, memory-maps that file (one copy in the page cache) instead of decoding JPEGs each epoch.
-The key pins the index checksum, the rec's size and modification time, so a rewritten rec never
-meets a stale cache. Items are byte-identical to the decoding dataset's: training is unchanged.
+The key is the content: the checksum of the index and of every byte of the rec (content_sha256),
+so any change to either, an in-place edit with the size and modification time kept included,
+means decoding again, and a touch without a change does not. Hashing the whole rec is cheap beside
+what the cache saves: on the demo's full rec (7,237 images, 38.5 MiB) 32-49 ms warm (page cache) against 0.87 s to
+decode it, on every epoch, without the cache (2 shared CPU cores). Items are byte-identical to the decoding dataset's: training is unchanged.
 Where the folder is read-only the array is decoded into memory for this process instead.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
-import os
 import random
 from pathlib import Path
 from typing import Optional, Tuple
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from utils.common.atomic_files import WriteError, atomic_write
+from utils.common.checksums import content_sha256
 from utils.data.datasets import FaceRecDataset
 
 CACHE_LIMIT_BYTES = 1 << 30       # decoded pixels; MS1M-size sets keep decoding in the workers
@@ -32,8 +35,9 @@ CACHE_FOLDER = ".decoded_images"
 
 
 def cache_key(dataset: FaceRecDataset) -> str:
-    rec = os.stat(dataset.rec_path)
-    text = f"{dataset.fingerprint()['index_sha256']}:{rec.st_size}:{rec.st_mtime_ns}"
+    """The cache file's name: the index's and the whole rec's checksums (a sample of records would
+    miss an edit elsewhere, and the rec's size and mtime can be kept by an in-place edit)."""
+    text = f"rec-content:{dataset.fingerprint()['index_sha256']}:{content_sha256(dataset.rec_path)}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

@@ -5,11 +5,12 @@ e.g. the demo's few thousand faces)
 is decoded once into one uint8 RGB array [N, 3, H, W] saved as
 `<rec folder>/.decoded_images/<key>.npy`; every later training on the same rec, and every loader
 worker, memory-maps that file (one copy in the page cache) instead of decoding JPEGs each epoch.
-The key is the content: the checksum of the index and of every byte of the rec (content_sha256),
-so any change to either, an in-place edit with the size and modification time kept included,
+The key is the content: the checksums of the index and of every byte of the rec (content_sha256),
+so any change to either, an in-place edit that keeps the size and modification time included,
 means decoding again, and a touch without a change does not. Hashing the whole rec is cheap beside
-what the cache saves: on the demo's full rec (7,237 images, 38.5 MiB) 32-49 ms warm (page cache) against 0.87 s to
-decode it, on every epoch, without the cache (2 shared CPU cores). Items are byte-identical to the decoding dataset's: training is unchanged.
+what the cache saves: on the demo's full rec (7,237 images, 38.5 MiB) 32-49 ms from the page cache
+against 0.87 s to decode it, every epoch, without the cache (2 shared CPU cores). Items are
+byte-identical to the decoding dataset's: training is unchanged.
 Where the folder is read-only the array is decoded into memory for this process instead.
 """
 from __future__ import annotations

@@ -29,14 +29,15 @@ from backbones import get_model
 from utils.training.checkpoint import (CHECKPOINT_FILE, DEBUG_CHECKPOINT_FILE, MODEL_FILE, atomic_torch_save, backbone_state_dict, full_head_optimizer_state, head_state, load_checkpoint, load_head_state, parameter_indices, rng_state, save_model, set_rng_state, sharded_head_optimizer_state, state_digest, unwrap)
 from utils.common.cli import StrictArgumentParser
 from utils.common.config import (RESUME_FIXED_KEYS, RESUME_IGNORED_KEYS, comparable_config, config_differences, config_to_json, load_config, save_config)
-from utils.training.distributed import (all_gather_no_grad, all_reduce_sum, average_gradients, barrier, broadcast_object, broadcast_parameters, cleanup, gather_objects, init_distributed, remove_launcher_args)
+from utils.training.distributed import (all_gather_no_grad, all_reduce_sum, average_gradients, barrier, broadcast_object, broadcast_parameters, check_on_rank0, cleanup, gather_objects, init_distributed, remove_launcher_args)
 from utils.data.datasets import FaceRecDataset
 from utils.data.build import build_dataset
 from utils.data.face_rec import read_property
 from utils.data.loader import OneLineErrorLoader, build_loader, to_device
 from utils.common.logging_utils import TrainingMonitor, setup_logger
 from utils.training.method import Method, Progress, TrainEnv
-from utils.training.run_folder import CONFIG_FILE, claim_output_folder, clear_previous_run, refuse_overwrite
+from utils.training.run_folder import (CONFIG_FILE, claim_output_folder, clear_previous_run, previous_run_files,
+                                       refuse_overwrite)
 from utils.common.output_lock import release_held_locks
 from utils.training.schedulers import build_scheduler, training_lr_factor
 from utils.training.verification import VerificationCallback
@@ -201,6 +202,8 @@ class Trainer:
             raise ValueError("--resume and --start-over contradict each other: give one")
         if not cfg.resume and not start_over:
             refuse_overwrite(cfg.output)
+        if start_over:   # refused before anything is built or removed, on every rank at once
+            check_on_rank0(lambda: previous_run_files(cfg.output))
         seed_everything(cfg.seed + self.rank)
         set_determinism(bool(cfg.deterministic))
         # flips happen on the device (random_flip): deterministic per sample, exact on resume

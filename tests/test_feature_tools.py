@@ -239,3 +239,23 @@ def test_get_feature_under_torchrun_matches_single_process(pipeline, tmp_path):
                                np.load(out / "tiny_class70_feature.npy"), atol=1e-5)
     manifest = json.loads((tmp_path / "tiny_class70_feature.npy.json").read_text())
     assert manifest["extra"]["world_size"] == 2
+
+
+def test_a_corrupt_record_in_a_loader_worker_is_one_line(pipeline, tmp_path):
+    """With decode workers the tool's error is the worker's one line naming the record, not the
+    worker's traceback (the engine's OneLineErrorLoader, reused)."""
+    import shutil
+    root, config, _, _ = pipeline
+    data = tmp_path / "train_part_70_class"
+    shutil.copytree(root / "full" / "train_part_70_class", data)
+    index = FaceRecIndex(data)
+    key, offset = int(index.image_keys[3]), int(index.image_offsets[3])
+    with open(data / "train.rec", "r+b") as handle:
+        handle.seek(offset + 8 + 24)   # magic + length, then the 24-byte image header: the JPEG's first bytes
+        handle.write(b"\x00\x00\x00\x00")
+    with pytest.raises(ValueError) as error:
+        feature_main([str(config), "--SD", "tiny_class70", "--out", str(tmp_path / "out"), "--data", str(data),
+                      "--batch-size", "4", "--num-workers", "1"])
+    message = str(error.value)
+    assert len(message.splitlines()) == 1 and "Traceback" not in message, message
+    assert f"key {key}" in message and "not a decodable image" in message

@@ -338,3 +338,18 @@ def test_report_marks_only_unresolvable_cells():
     assert "5000 impostor pairs = 2.00e-04" in markdown and "TAR@FAR=1e-5, TAR@FAR=1e-4;" in markdown
     verdict = next(line for line in lines if line.startswith("| A |"))
     assert verdict.count("\u2020") == 2
+
+
+def test_an_undecodable_image_in_a_loader_worker_is_one_line(workspace, tmp_path, capsys):
+    import shutil
+    root, _ = workspace
+    data = tmp_path / "data"
+    shutil.copytree(root / "data", data)
+    protocol = load_verification_protocol(data, "IJBC")
+    broken = protocol.image_dir / str(protocol.image_names[2])
+    broken.write_bytes(b"not an image")
+    assert ijbc_eval.main(["-m", str(root / "new.pt"), "-net", "tiny", "-d", str(data), "--workers", "1",
+                           "--device", "cpu", "-b", "4", "-R", str(tmp_path / "result")]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "Traceback" not in error, error
+    assert error == f"ijbc_eval: error: cannot decode image {broken}"

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -33,7 +32,7 @@ from utils.common.cli import StrictArgumentParser  # noqa: E402
 from utils.common.config import load_config  # noqa: E402
 from utils.data.datasets import FaceRecDataset  # noqa: E402
 from utils.training.distributed import barrier, broadcast_object, cleanup, init_distributed, remove_launcher_args
-from utils.data.loader import BatchCollator, seed_worker, to_device  # noqa: E402
+from utils.data.loader import BatchCollator, OneLineErrorLoader, seed_worker, to_device  # noqa: E402
 from utils.common.progress import ProgressReporter, run_tool  # noqa: E402
 
 TOOL = "tools/get_feature/get_feature.py"
@@ -87,10 +86,11 @@ def rank_rows(num_image: int, rank: int, world_size: int) -> range:
 def embed_rows(backbone, dataset, rows: range, features_out: np.ndarray, args, device,
                progress: ProgressReporter) -> None:
     """Embed dataset indices `rows` in order into features_out[rows] (a memory map)."""
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=rows, shuffle=False,
-                        num_workers=args.num_workers, collate_fn=BatchCollator(),
-                        worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
-                        drop_last=False)
+    # a corrupt record in a worker ends as that worker's one line, not its traceback
+    loader = OneLineErrorLoader(dataset, batch_size=args.batch_size, sampler=rows, shuffle=False,
+                                num_workers=args.num_workers, collate_fn=BatchCollator(),
+                                worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
+                                drop_last=False)
     amp_dtype = AMP_DTYPES[args.amp]
     autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype
                 else nullcontext())

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 from torch.fx.experimental.optimization import fuse as fuse_conv_batchnorm
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from backbones import backbone_from_weights, infer_num_features, read_backbone_weights
 from backbones.onnx_export import OnnxBackbone
@@ -27,7 +27,7 @@ from tools.ijbc_eval.cache import (cache_file, embedding_cache_key, image_finger
                                    load_cached_embeddings, save_cached_embeddings)
 from tools.ijbc_eval.protocol import VerificationProtocol
 from utils.common.checksums import file_sha256
-from utils.data.loader import to_device
+from utils.data.loader import OneLineErrorLoader, to_device
 from utils.common.progress import ProgressReporter
 
 
@@ -101,9 +101,10 @@ def embed_faces(model: nn.Module, dataset: Dataset, options: EmbeddingOptions,
     """(f(img), f(flip(img))) float32 [N, d] for every item of `dataset`, in order. `model` is a
     backbone or an `OnnxBackbone` (which runs in fp32: `options.amp` does not apply)."""
     device = torch.device(options.device)
-    loader = DataLoader(dataset, batch_size=options.batch_size, shuffle=False,
-                        num_workers=options.workers, pin_memory=device.type == "cuda",
-                        worker_init_fn=_single_threaded_opencv if options.workers else None)
+    # an undecodable image in a worker ends as that worker's one line, not its traceback
+    loader = OneLineErrorLoader(dataset, batch_size=options.batch_size, shuffle=False,
+                                num_workers=options.workers, pin_memory=device.type == "cuda",
+                                worker_init_fn=_single_threaded_opencv if options.workers else None)
     is_torch = isinstance(model, nn.Module)
     forward = inference_model(model) if is_torch else model
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16

@@ -124,3 +124,55 @@ def test_resume_keeps_the_best_verification_accuracy(tmp_path, tiny_rec, one_thr
     train(ArcFaceMethod, [str(config), "--resume", "--set", "num_epoch=2"])
     resumed = torch.load(output / "checkpoint.pt", weights_only=True)
     assert resumed["step"] == 16 and resumed["best_accuracy"] == {"lfw": 0.75, "cfp_fp": 0.5}
+
+
+def test_ctrl_c_leaves_a_checkpoint_and_one_line_and_resume_continues(reference):
+    """Ctrl-C (SIGINT to the run's process group, its loader workers included, as a terminal sends
+    it) stops after the current step with checkpoint.pt and one line, exit 130, no traceback; the
+    --resume then ends with exactly the weights of the uninterrupted run."""
+    directory, keys, expected = reference
+    output = directory / "ctrl_c"
+    config = write_config(directory / "ctrl_c.py", **dict(keys, output=str(output), num_workers=2,
+                                                          save_every_steps=0, frequent=1))
+    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "train_old_arc.py"), str(config)],
+                               env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=str(REPO_ROOT), start_new_session=True)
+    log = output / "training.log"
+    deadline = time.time() + 180
+    while process.poll() is None and time.time() < deadline and "step 1/" not in (
+            log.read_text() if log.exists() else ""):
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stdout[-2000:] + stderr[-2000:]
+    assert "Traceback" not in stderr and "Traceback" not in stdout, stderr[-3000:]
+    assert stderr.strip().splitlines() == [
+        "Ctrl-C: stopping after this step with a checkpoint (press Ctrl-C again to stop at once, without one)"]
+    step = torch.load(output / "checkpoint.pt", weights_only=True)["step"]
+    assert 0 < step < TOTAL_STEPS, f"the run was not interrupted mid-training (checkpoint at step {step})"
+    line = (f"interrupted at step {step}/{TOTAL_STEPS}: {output / 'checkpoint.pt'} holds this step; "
+            f"continue with --resume")
+    assert stdout.strip().splitlines()[-1].endswith(line) and line in log.read_text()
+    assert not (output / ".lock").exists()
+    resumed = run([sys.executable, str(REPO_ROOT / "train_old_arc.py"), str(config), "--resume"], timeout=240)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resumed from {output / 'checkpoint.pt'}: epoch" in resumed.stdout and f"step {step}/" in resumed.stdout
+    weights = torch.load(output / "model.pt", weights_only=True)
+    different = [name for name in expected if not torch.equal(weights[name], expected[name])]
+    assert not different, f"resumed from step {step}; tensors differ: {different[:5]}"
+
+
+def test_stop_request_absorbs_a_forwarded_repeat_and_a_later_ctrl_c_stops_at_once(capfd):
+    from utils.training.interrupt import StopRequest
+    previous = signal.getsignal(signal.SIGINT)
+    with StopRequest(repeat_grace_s=0.3) as request:
+        assert not request.requested
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)   # a launcher forwarding the same Ctrl-C: absorbed
+        assert request.requested
+        time.sleep(0.35)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is previous
+    assert capfd.readouterr().err.count("Ctrl-C: stopping after this step") == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 from typing import Dict, Iterator, Optional
 
 import cv2
@@ -151,7 +152,10 @@ class OneLineErrorLoader(DataLoader):
 
 
 def seed_worker(worker_id: int) -> None:
-    """One decode thread per worker; python/numpy RNGs from the per-worker torch seed."""
+    """One decode thread per worker; python/numpy RNGs from the per-worker torch seed; Ctrl-C
+    ignored (the terminal sends it to the workers too): the main process decides when to stop
+    (utils/training/interrupt.py) and shuts its workers down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
     seed = torch.initial_seed() % 2 ** 32
     random.seed(seed)

@@ -33,12 +33,13 @@ from utils.training.distributed import (all_gather_no_grad, all_reduce_sum, aver
 from utils.data.datasets import FaceRecDataset
 from utils.data.build import build_dataset
 from utils.data.face_rec import read_property
-from utils.data.loader import OneLineErrorLoader, build_loader, to_device
+from utils.data.loader import OneLineErrorLoader, build_loader, seed_worker, to_device
 from utils.common.logging_utils import TrainingMonitor, setup_logger
 from utils.training.method import Method, Progress, TrainEnv
 from utils.training.run_folder import (CONFIG_FILE, claim_output_folder, clear_previous_run, previous_run_files,
                                        refuse_overwrite)
 from utils.common.output_lock import release_held_locks
+from utils.training.interrupt import StopRequest, TrainingInterrupted
 from utils.training.schedulers import build_scheduler, training_lr_factor
 from utils.training.verification import VerificationCallback
 
@@ -48,6 +49,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 EXPECTED_ERRORS = (ValueError, OSError, NonFiniteLossError)
+INTERRUPTED_EXIT_CODE = 130   # 128 + SIGINT, as a shell reports a run ended by Ctrl-C
 
 
 def parse_args(argv: Sequence[str], method_class) -> argparse.Namespace:
@@ -224,6 +226,10 @@ class Trainer:
             self.method.lr_lambda, cfg, self.steps_per_epoch, self.total_steps))
         self.epoch, self.step, self.micro_step_in_epoch, self.pending_rng = 0, 0, 0, None
         self.nonfinite_losses = torch.zeros((), device=self.device)   # of the current optimiser step
+        # 1 once this rank was asked to stop (Ctrl-C); summed over ranks with the step's other flags
+        self.stop_flag = torch.zeros(1, device=self.device)
+        self.stop_request: Optional[StopRequest] = None
+        self.stop_flag_set = self.stop_agreed = False
         self.verification = VerificationCallback(cfg, self.rank, self.device, self.logger)
         resume_notes = self._restore(Path(cfg.output) / CHECKPOINT_FILE) if cfg.resume else []
         self.model = self._wrap(self.backbone)
@@ -395,7 +401,7 @@ class Trainer:
         features = torch.zeros(per_rank, self.cfg.embedding_size, dtype=torch.float32, device=self.device)
         loader = OneLineErrorLoader(torch.utils.data.Subset(self.dataset, mine),
                                     batch_size=batch_size or self.cfg.batch_size, shuffle=False,
-                                    num_workers=self.cfg.num_workers)
+                                    num_workers=self.cfg.num_workers, worker_init_fn=seed_worker)
         backbone = unwrap(self.backbone)
         was_training = backbone.training
         backbone.eval()
@@ -426,19 +432,35 @@ class Trainer:
 
     def _agree_on_step(self) -> bool:
         """One all-reduce and one host read per optimiser step: (1) whether any rank saw a non-finite
-        loss in this step (returned), (2) with fp16, whether any rank's GradScaler found an inf/NaN
-        gradient. The summed flag is written back into every rank's scaler, so all ranks skip the
-        same steps and keep the same scale: a rank that skipped alone would leave its replica
-        behind for good (DDP never re-syncs weights)."""
-        flags = [self.nonfinite_losses.reshape(1)]
+        loss in this step (returned), (2) whether any rank was asked to stop (Ctrl-C; kept in
+        self.stop_agreed, so every rank stops after the same step), (3) with fp16, whether any
+        rank's GradScaler found an inf/NaN gradient. The summed flag is written back into every
+        rank's scaler, so all ranks skip the same steps and keep the same scale: a rank that
+        skipped alone would leave its replica behind for good (DDP never re-syncs weights)."""
+        if self.stop_request is not None and self.stop_request.requested and not self.stop_flag_set:
+            self.stop_flag.fill_(1.0)   # a kernel, not a host read: the flag travels in the all-reduce
+            self.stop_flag_set = True
+        flags = [self.nonfinite_losses.reshape(1), self.stop_flag]
         found_inf = scaler_found_inf(self.scaler, self.optimizer) if self.scaler is not None else []
         if found_inf:
             flags.append(torch.stack([flag.reshape(()).to(self.device, torch.float32) for flag in found_inf]).sum()
                          .reshape(1))
         flags = all_reduce_sum(torch.cat(flags))
         for flag in found_inf:
-            flag.copy_(flags[1].reshape(flag.shape))
-        return bool(flags[0].item() > 0)
+            flag.copy_(flags[2].reshape(flag.shape))
+        nonfinite, stop = (value > 0 for value in flags[:2].tolist())
+        self.stop_agreed = stop
+        return nonfinite
+
+    def _stop_on_interrupt(self, checkpoint_saved: bool) -> None:
+        """Ctrl-C agreed by every rank at a step boundary: leave a checkpoint a --resume continues
+        from (even with save_all_states off), then end with one line."""
+        if not checkpoint_saved:
+            self.save_checkpoint()
+        message = (f"interrupted at step {self.step}/{self.total_steps}: {Path(self.cfg.output) / CHECKPOINT_FILE} "
+                   f"holds this step; continue with --resume")
+        self.logger.info(message)
+        raise TrainingInterrupted(message)
 
     def _stop_on_nonfinite_loss(self, terms: dict, indices: List[torch.Tensor]) -> None:
         message = f"non-finite loss at step {self.step} (terms {describe_terms(terms)})"
@@ -494,6 +516,8 @@ class Trainer:
             step_losses, step_terms, step_indices = [], [], []
             self.monitor.update(self.step, epoch, loss, terms, self.scheduler.get_last_lr()[0], self.scaler)
             epoch_done = self.micro_step_in_epoch == micro_steps
+            if self.stop_agreed and not epoch_done:
+                self._stop_on_interrupt(checkpoint_saved=False)
             if (self.cfg.save_every_steps and self.step % int(self.cfg.save_every_steps) == 0
                     and not epoch_done and self.cfg.save_all_states):
                 self.save_checkpoint()
@@ -505,6 +529,8 @@ class Trainer:
         if self.cfg.save_all_states:
             self.save_checkpoint()
         self.logger.info(f"epoch {epoch} done: {Path(self.cfg.output) / MODEL_FILE}")
+        if self.stop_agreed:
+            self._stop_on_interrupt(checkpoint_saved=bool(self.cfg.save_all_states))
 
     def fit(self) -> None:
         self.backbone.train()
@@ -512,8 +538,9 @@ class Trainer:
         self.extra.train()
         self.logger.info(f"training {self.total_steps} steps ({self.steps_per_epoch} per epoch, "
                          f"{self.cfg.num_epoch} epochs) from step {self.step}")
-        for epoch in range(self.epoch, int(self.cfg.num_epoch)):
-            self._run_epoch(epoch)
+        with StopRequest() as self.stop_request:
+            for epoch in range(self.epoch, int(self.cfg.num_epoch)):
+                self._run_epoch(epoch)
         if self.rank == 0:
             save_model(self.backbone, self.cfg.output)
         self.verification(self.step, self.model)
@@ -541,4 +568,17 @@ def train(method_class, argv: Optional[List[str]] = None) -> None:
         release_held_locks()
         cleanup()
         sys.exit(1)
+    except TrainingInterrupted:   # its one line is in the log (rank 0), the checkpoint written
+        release_held_locks()
+        cleanup()
+        sys.exit(INTERRUPTED_EXIT_CODE)
+    except KeyboardInterrupt:     # before training started, or a second Ctrl-C: at once
+        rank = os.environ.get("RANK", "0")
+        prefix = f"[rank {rank}] " if os.environ.get("WORLD_SIZE", "1") != "1" else ""
+        print(f"{prefix}interrupted: stopped at once without saving (a checkpoint.pt already in the output "
+              f"folder stays; --resume continues from it)", file=sys.stderr, flush=True)
+        release_held_locks()
+        with contextlib.suppress(Exception):
+            cleanup()
+        sys.exit(INTERRUPTED_EXIT_CODE)
     cleanup()

@@ -353,3 +353,60 @@ def test_an_undecodable_image_in_a_loader_worker_is_one_line(workspace, tmp_path
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "Traceback" not in error, error
     assert error == f"ijbc_eval: error: cannot decode image {broken}"
+
+
+@pytest.fixture
+def read_only_data(workspace, tmp_path, monkeypatch):
+    """A copy of the toy data on a 'read-only file system' (every mkdir or file creation under it
+    fails with EROFS, as for root on a read-only mount), and an empty user cache folder."""
+    import errno
+    import os
+    import shutil
+    root, _ = workspace
+    data = tmp_path / "data"
+    shutil.copytree(root / "data", data)
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def refused(path):
+        return str(os.path.abspath(path)).startswith(str(data) + os.sep)
+
+    def guarded_open(path, flags, *rest, **keywords):
+        if flags & os.O_CREAT and refused(path):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *rest, **keywords)
+
+    def guarded_mkdir(path, *rest, **keywords):
+        if refused(path):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_mkdir(path, *rest, **keywords)
+
+    monkeypatch.setattr(os, "open", guarded_open)
+    monkeypatch.setattr(os, "mkdir", guarded_mkdir)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user_cache"))
+    return root, data, tmp_path
+
+
+def test_read_only_data_falls_back_to_the_user_cache_before_embedding(read_only_data, capsys):
+    root, data, tmp_path = read_only_data
+    arguments = ["-m", str(root / "new.pt"), "-net", "tiny", "-d", str(data), "--workers", "0", "--device", "cpu",
+                 "-b", "16", "-R", str(tmp_path / "result")]
+    assert ijbc_eval.main(arguments) == 0, capsys.readouterr().err
+    output = capsys.readouterr().out
+    notes = [line for line in output.splitlines() if line.startswith("embedding cache:")]
+    assert len(notes) == 1 and f"{data / '.eval_cache'} cannot be written (read-only file system" in notes[0]
+    cached = list((tmp_path / "user_cache").rglob("*.npz"))
+    assert len(cached) == 1 and f"cached in {cached[0]}" in output
+    assert not (data / ".eval_cache").exists()
+    assert ijbc_eval.main(arguments) == 0
+    assert f"from cache {cached[0]}" in capsys.readouterr().out   # the fallback is found again
+
+
+def test_an_unwritable_cache_is_refused_before_embedding(read_only_data, capsys):
+    root, data, tmp_path = read_only_data
+    assert ijbc_eval.main(["-m", str(root / "new.pt"), "-net", "tiny", "-d", str(data), "--workers", "0",
+                           "--cache-dir", str(data / "mine"), "-R", str(tmp_path / "result")]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (f"ijbc_eval: error: --cache-dir {data / 'mine'} cannot be written "
+                                    f"(read-only file system while creating {data / 'mine'}): choose a writable "
+                                    f"--cache-dir")
+    assert "embedding" not in captured.out

@@ -19,7 +19,7 @@ import numpy as np
 
 from tools.ijbc_eval.alignment import ALIGNED_SIZE, REFERENCE_POINTS
 from utils.common.checksums import file_sha256
-from utils.common.atomic_files import atomic_write
+from utils.common.atomic_files import atomic_write, describe_os_error, unique_temporary
 
 CACHE_FORMAT = 2
 FINGERPRINT_SAMPLE = 256   # crops whose whole bytes enter the fingerprint, spread over the list
@@ -100,3 +100,52 @@ def save_cached_embeddings(path: Path, key: Dict[str, object], embeddings: np.nd
                            flip_embeddings: np.ndarray) -> None:
     write_npz_atomic(path, {"key": np.array(json.dumps(key, sort_keys=True)),
                             "embeddings": embeddings, "flip_embeddings": flip_embeddings})
+
+
+DEFAULT_CACHE_NAME = ".eval_cache"   # inside the data folder
+
+
+def user_cache_root() -> Path:
+    """The per-user cache folder for embeddings of data folders that cannot hold their own cache."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mixbct" / "eval_cache"
+
+
+def cache_write_problem(folder: Path, create_parents: bool = True) -> Optional[str]:
+    """None when a file can be created in `folder` (created if missing), else the one-line reason."""
+    action = "creating"
+    try:
+        if not folder.is_dir():
+            folder.mkdir(parents=create_parents, exist_ok=True)
+        action = "writing"
+        descriptor, probe = unique_temporary(folder / "write-probe")
+        os.close(descriptor)
+        probe.unlink()
+    except OSError as error:
+        return describe_os_error(error, error.filename or folder, action)
+    return None
+
+
+def choose_cache_dir(data_path: Path, cache_dir: Optional[Path]) -> Path:
+    """The embedding cache folder, checked writable before anything is embedded: an explicit
+    `cache_dir` must be; the default <data_path>/.eval_cache falls back, with one line saying so, to a
+    folder of this data path under the user cache (XDG_CACHE_HOME or ~/.cache: mixbct/eval_cache/)."""
+    if cache_dir is not None:
+        problem = cache_write_problem(Path(cache_dir))
+        if problem:
+            raise ValueError(f"--cache-dir {cache_dir} cannot be written ({problem}): choose a writable --cache-dir")
+        return Path(cache_dir)
+    default = Path(data_path) / DEFAULT_CACHE_NAME
+    if not Path(data_path).is_dir():
+        return default   # the protocol's own check names the missing data folder
+    problem = cache_write_problem(default, create_parents=False)
+    if problem is None:
+        return default
+    data_key = hashlib.sha256(str(Path(data_path).resolve()).encode()).hexdigest()[:16]
+    fallback = user_cache_root() / f"{Path(data_path).resolve().name}-{data_key}"
+    fallback_problem = cache_write_problem(fallback)
+    if fallback_problem:
+        raise ValueError(f"no writable embedding cache: {default} ({problem}) nor {fallback} ({fallback_problem}); "
+                         f"pass --cache-dir")
+    print(f"embedding cache: {default} cannot be written ({problem}); using {fallback}", flush=True)
+    return fallback

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tools.ijbc_eval.cache import write_npz_atomic  # noqa: E402
+from tools.ijbc_eval.cache import choose_cache_dir, write_npz_atomic  # noqa: E402
 from tools.ijbc_eval.embed import EmbeddingOptions, model_embeddings  # noqa: E402
 from tools.ijbc_eval.evaluation import (check_compatible_sizes, run_identification,  # noqa: E402
                                         run_verification)
@@ -58,7 +58,8 @@ def add_embedding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-F", "--force_reload", action="store_true",
                         help="ignore cached embeddings (recompute and replace them)")
     parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="embedding cache folder (default: <data_path>/.eval_cache)")
+                        help="embedding cache folder (default: <data_path>/.eval_cache, or when that cannot be "
+                             "written $XDG_CACHE_HOME or ~/.cache: mixbct/eval_cache/<data folder>-<hash>)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="DataLoader workers reading and aligning images")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -71,7 +72,8 @@ def embedding_options(args) -> EmbeddingOptions:
     if args.batch_size <= 0 or args.workers < 0:
         raise ValueError(f"--batch_size must be positive and --workers >= 0, got "
                          f"{args.batch_size} and {args.workers}")
-    cache_dir = args.cache_dir if args.cache_dir is not None else Path(args.data_path) / ".eval_cache"
+    # checked now, before any image is embedded: a read-only data folder falls back to the user cache
+    cache_dir = choose_cache_dir(Path(args.data_path), args.cache_dir)
     return EmbeddingOptions(batch_size=args.batch_size, device=args.device, amp=args.amp,
                             workers=args.workers, cache_dir=cache_dir,
                             force_reload=args.force_reload)

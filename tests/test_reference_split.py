@@ -93,6 +93,44 @@ def test_build_dataset_and_errors_name_the_path(data_root, tmp_path):
         FaceRecDataset(lone)
 
 
+
+def test_a_missing_index_is_named_wherever_the_set_is_opened(data_root, tmp_path):
+    """build_dataset gives the rec's own reason, not "neither a folder nor a prefix"."""
+    shutil.copy(data_root / "train_part_30_class.rec", tmp_path / "lone.rec")
+    cfg = load_config(write_config(tmp_path / "c.py", rec=str(tmp_path / "lone")))
+    with pytest.raises(ValueError, match=r"lone\.rec: its index lone\.idx is missing"):
+        build_dataset(cfg)
+    (tmp_path / "folder").mkdir()
+    shutil.copy(data_root / "train.rec", tmp_path / "folder" / "train.rec")
+    cfg.rec = str(tmp_path / "folder")
+    with pytest.raises(ValueError, match=r"folder/train\.rec: its index train\.idx is missing"):
+        build_dataset(cfg)
+    shutil.copy(data_root / "train_part_30_class.idx", tmp_path / "orphan.idx")
+    cfg.rec = str(tmp_path / "orphan")
+    with pytest.raises(ValueError, match=r"orphan\.idx: its records orphan\.rec are missing"):
+        build_dataset(cfg)
+
+
+@pytest.mark.parametrize("folder_holds", ["a rec", "images"])
+def test_a_folder_beside_same_named_prefix_files_is_refused(data_root, tmp_path, folder_holds):
+    """X/ and X.rec + X.idx side by side: which one is meant is not guessed; X.rec picks the prefix files."""
+    subset = tmp_path / "train_part_30_class"
+    if folder_holds == "a rec":
+        shutil.copytree(data_root, subset, ignore=shutil.ignore_patterns("train_part_*"))
+    else:
+        (subset / "0").mkdir(parents=True)
+    for suffix in (".rec", ".idx"):
+        shutil.copy(data_root / f"train_part_30_class{suffix}", tmp_path / f"train_part_30_class{suffix}")
+    expected = (rf"{subset}: both a folder and the prefix of train_part_30_class\.rec / \.idx beside it: "
+                rf"pass {subset}\.rec for the prefix files, or move one of them away")
+    with pytest.raises(ValueError, match=expected):
+        FaceRecDataset(subset)
+    cfg = load_config(write_config(tmp_path / "c.py", rec=str(subset)))
+    with pytest.raises(ValueError, match=expected):
+        build_dataset(cfg)
+    chosen = FaceRecDataset(tmp_path / "train_part_30_class.rec", flip=False)
+    assert chosen.rec_path == tmp_path / "train_part_30_class.rec" and len(chosen) == 22
+
 def test_reference_header_class_count_is_checked_against_the_labels(tmp_path):
     writer = RecordIOWriter(tmp_path / "bad.rec", tmp_path / "bad.idx")
     writer.write_idx(0, pack(IRHeader(2, [3.0, 1.0], 0, 0), b""))   # [N+1, C] claiming 1 class

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from utils.data.datasets import FaceRecDataset, ImageFolderDataset, SyntheticDataset, check_dataset
-from utils.data.face_rec import is_rec_location
+from utils.data.face_rec import names_rec_files
 from utils.data.image_cache import with_image_cache
 
 
@@ -22,7 +22,7 @@ def build_dataset(cfg, flip: bool = True):
             raise ValueError("config key 'rec' is not set (folder with train.rec, prefix of .rec/.idx "
                              "files, or an image folder)")
         rec_dir = Path(cfg.rec)
-        if is_rec_location(rec_dir):
+        if names_rec_files(rec_dir):   # usable or not: FaceRecDataset says what is wrong with it
             dataset = FaceRecDataset(rec_dir, flip)
         elif rec_dir.is_dir():
             dataset = ImageFolderDataset(rec_dir, flip)

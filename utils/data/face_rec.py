@@ -67,21 +67,38 @@ def is_rec_location(rec: Union[str, Path]) -> bool:
     return True
 
 
+def names_rec_files(rec: Union[str, Path]) -> bool:
+    """True when `rec` points at RecordIO files at all (a folder holding train.rec or train.idx,
+    or P.rec / P.idx beside prefix P), usable or not: opening it gives locate_rec's own reason."""
+    path = Path(rec)
+    if path.is_dir() and any((path / name).exists() for name in (REC_NAME, IDX_NAME)):
+        return True
+    return any(file.exists() for file in _prefix_files(path))
+
+
 def locate_rec(rec: Union[str, Path]) -> RecLocation:
     """`rec` as a folder with train.rec / train.idx [/ property] (ours, insightface's) or as the
-    reference split tool's prefix P with P.rec and P.idx (P.rec itself is accepted too)."""
+    reference split tool's prefix P with P.rec and P.idx (P.rec itself is accepted too, and picks
+    the prefix files where a folder P sits beside them: the bare P is then refused, not guessed)."""
     path = Path(rec)
+    rec_path, idx_path = _prefix_files(path)
     if path.is_dir():
+        if rec_path.exists() or idx_path.exists():
+            raise ValueError(f"{path}: both a folder and the prefix of {rec_path.name} / {idx_path.suffix} "
+                             f"beside it: pass {rec_path} for the prefix files, or move one of them away")
         if not (path / REC_NAME).is_file():
             raise ValueError(f"{path}: no {REC_NAME} in this folder")
+        if not (path / IDX_NAME).is_file():
+            raise ValueError(f"{path / REC_NAME}: its index {IDX_NAME} is missing")
         property_path = path / PROPERTY_NAME
         return RecLocation(path / REC_NAME, path / IDX_NAME,
                            property_path if property_path.is_file() else None, path.resolve().name)
-    rec_path, idx_path = _prefix_files(path)
     if rec_path.is_file() and idx_path.is_file():
         return RecLocation(rec_path, idx_path, None, rec_path.stem)
     if rec_path.is_file():
         raise ValueError(f"{rec_path}: its index {idx_path.name} is missing")
+    if idx_path.is_file():
+        raise ValueError(f"{idx_path}: its records {rec_path.name} are missing")
     raise ValueError(f"{path}: neither a folder with {REC_NAME} nor a prefix with "
                      f"{rec_path.name} and {idx_path.name} beside it")
 

@@ -107,3 +107,53 @@ def test_the_training_cli_refuses_with_one_line_before_training(tmp_path, tiny_r
     error = capsys.readouterr().err.strip()
     assert "Traceback" not in error and len(error.splitlines()) == 1 and "is a symbolic link" in error, error
     assert names(folder) == before and json.loads((folder / "config.json").read_text())["config_name"] == "run"
+
+
+# ---- temporaries of writers killed mid-write -----------------------------------------------------------
+KILLED_WRITER = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from utils.common.atomic_files import atomic_write
+def write(handle):
+    handle.write(b"PK" + bytes(4096))
+    handle.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+atomic_write(sys.argv[1], write)
+"""
+
+
+def killed_mid_write(target):
+    """A process SIGKILLed while atomic_write writes `target`: the temporary it leaves."""
+    import subprocess
+    import sys
+    from tests.training_fixtures import REPO_ROOT
+    process = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target), str(REPO_ROOT)],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "writing"
+    process.kill()
+    process.wait()
+    left = [path for path in target.parent.iterdir() if path.name.startswith(f".{target.name}.")]
+    assert len(left) == 1 and not target.exists()
+    return left[0]
+
+
+def test_a_run_removes_the_temporaries_of_checkpoint_writers_that_were_killed(tmp_path, tiny_rec, one_thread):
+    """Each SIGKILL during a checkpoint write leaves a hidden temporary; the next run in the folder
+    removes those of writers that are gone, and keeps a live writer's and unrelated files."""
+    output = tmp_path / "run"
+    output.mkdir()
+    stale = [killed_mid_write(output / "checkpoint.pt"), killed_mid_write(output / "model.pt")]
+    live = output / f".checkpoint.pt.{os.getpid()}@{__import__('socket').gethostname()}.abc123.tmp"
+    live.write_bytes(b"a live writer's")
+    foreign = output / ".checkpoint.pt.notes.tmp"
+    foreign.write_bytes(b"not a temporary of ours")
+    dead_pid = stale[0].name.split(".")[3].split("@")[0]
+    other_host = output / f".checkpoint.pt.{dead_pid}@another-host.example.x1y2.tmp"   # cannot be checked here
+    other_host.write_bytes(b"")
+    config = write_config(tmp_path / "c.py", **tiny_training_keys(tiny_rec, output, num_epoch=1))
+    train(ArcFaceMethod, [str(config)])
+    assert not any(path.exists() for path in stale)
+    assert live.exists() and foreign.exists() and other_host.exists()
+    log = (output / "training.log").read_text()
+    assert f"removed 2 temporary files left by writers that are gone: {stale[0].name}, {stale[1].name}" in log

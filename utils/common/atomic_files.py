@@ -1,7 +1,9 @@
 """Writing a file so that readers never see half of it and a failed write leaves nothing behind.
 
 Every writer gets its own temporary name next to the target (two runs writing the same file
-never share one), the data is flushed to disk, then renamed over the target. A failed write
+never share one): `.<name>.<pid>@<host>.<random>.tmp`, so that one left by a writer killed with
+SIGKILL can be told from a live writer's and removed (`remove_stale_temporaries`). The data is
+flushed to disk, then renamed over the target. A failed write
 (disk full, permission, read-only file system) removes its temporary file and raises
 WriteError, a ValueError whose one line says what happened and to which file.
 """
@@ -10,9 +12,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterable, List
+
+from utils.common.processes import is_alive
 
 # mkstemp creates files readable by their owner only; published files get the usual umask mode
 _UMASK = os.umask(0)
@@ -32,12 +37,56 @@ def describe_os_error(error: OSError, path, action: str = "writing") -> str:
     return f"{reason} while {action} {path}"
 
 
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def _writer_tag() -> str:
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
 def unique_temporary(path) -> tuple[int, Path]:
-    """(open descriptor, name) of a new temporary file next to `path`, unique to this writer."""
+    """(open descriptor, name) of a new temporary file next to `path`, unique to this writer and
+    naming it: .<name>.<pid>@<host>.<random>.tmp."""
     path = Path(path)
-    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.{_writer_tag()}.", suffix=TEMPORARY_SUFFIX,
+                                        dir=path.parent)
     os.fchmod(descriptor, 0o666 & ~_UMASK)
     return descriptor, Path(name)
+
+
+def _temporary_writer(temporary: Path, target: Path):
+    """(pid, host) of the writer a temporary of `target` names, or None for any other file."""
+    prefix = f".{target.name}."
+    name = temporary.name
+    if not (name.startswith(prefix) and name.endswith(TEMPORARY_SUFFIX)):
+        return None
+    tag = name[len(prefix):-len(TEMPORARY_SUFFIX)].rpartition(".")[0]   # drop mkstemp's random part
+    pid, separator, host = tag.partition("@")
+    return (int(pid), host) if separator and pid.isdigit() and host else None
+
+
+def stale_temporaries(path) -> List[Path]:
+    """The temporaries of `path` (unique_temporary) left by writers on this host that are gone."""
+    path = Path(path)
+    host, found = socket.gethostname(), []
+    with contextlib.suppress(OSError):
+        for candidate in path.parent.glob(f".{path.name}.*{TEMPORARY_SUFFIX}"):
+            writer = _temporary_writer(candidate, path)
+            if writer is not None and writer[1] == host and not is_alive(writer[0]) and candidate.is_file():
+                found.append(candidate)
+    return sorted(found)
+
+
+def remove_stale_temporaries(paths: Iterable) -> List[Path]:
+    """Remove the stale temporaries of each of `paths` (a writer killed mid-write, e.g. by SIGKILL,
+    cannot); a live writer's, another host's and any other file stay. Returns the removed ones."""
+    removed = []
+    for path in paths:
+        for temporary in stale_temporaries(path):
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+                removed.append(temporary)
+    return removed
 
 
 class _RecordingHandle:

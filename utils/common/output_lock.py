@@ -14,28 +14,10 @@ from pathlib import Path
 from typing import Optional
 
 from utils.common.atomic_files import describe_os_error
+from utils.common.processes import is_alive as _is_alive, process_start_time as _process_start_time
 
 LOCK_NAME = ".lock"
 _HELD_LOCKS: list = []   # this process's locks, released together when a run stops on an error or exits
-
-
-def _process_start_time(pid: int) -> Optional[str]:
-    """Start time of `pid` in clock ticks since boot (Linux), telling a reused pid apart."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields[19] if len(fields) > 19 else None
-
-
-def _is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class OutputLock:

@@ -27,6 +27,7 @@ from torch import nn
 
 from backbones import get_model
 from utils.training.checkpoint import (CHECKPOINT_FILE, DEBUG_CHECKPOINT_FILE, MODEL_FILE, atomic_torch_save, backbone_state_dict, full_head_optimizer_state, head_state, load_checkpoint, load_head_state, parameter_indices, rng_state, save_model, set_rng_state, sharded_head_optimizer_state, state_digest, unwrap)
+from utils.common.atomic_files import remove_stale_temporaries
 from utils.common.cli import StrictArgumentParser
 from utils.common.config import (RESUME_FIXED_KEYS, RESUME_IGNORED_KEYS, comparable_config, config_differences, config_to_json, load_config, save_config)
 from utils.training.distributed import (all_gather_no_grad, all_reduce_sum, average_gradients, barrier, broadcast_object, broadcast_parameters, check_on_rank0, cleanup, gather_objects, init_distributed, remove_launcher_args)
@@ -36,7 +37,7 @@ from utils.data.face_rec import read_property
 from utils.data.loader import OneLineErrorLoader, build_loader, seed_worker, to_device
 from utils.common.logging_utils import TrainingMonitor, setup_logger
 from utils.training.method import Method, Progress, TrainEnv
-from utils.training.run_folder import (CONFIG_FILE, claim_output_folder, clear_previous_run, previous_run_files,
+from utils.training.run_folder import (CONFIG_FILE, RUN_FILES, claim_output_folder, clear_previous_run, previous_run_files,
                                        refuse_overwrite)
 from utils.common.output_lock import release_held_locks
 from utils.training.interrupt import StopRequest, TrainingInterrupted
@@ -243,10 +244,16 @@ class Trainer:
         """Every start-up check has passed: the run now writes into its folder (logs, config)."""
         cfg = self.cfg
         removed = clear_previous_run(cfg.output) if start_over and self.rank == 0 else []
+        # what a writer killed mid-write (SIGKILL during a checkpoint save) could not remove itself
+        stale = (remove_stale_temporaries(Path(cfg.output) / name for name in RUN_FILES)
+                 if self.rank == 0 else [])
         barrier()
         self.logger = setup_logger(cfg.output, self.rank)
         if removed:
             self.logger.info(f"--start-over: removed {', '.join(removed)} of the earlier run in {cfg.output}")
+        if stale:
+            self.logger.info(f"removed {len(stale)} temporary files left by writers that are gone: "
+                             f"{', '.join(sorted(path.name for path in stale))}")
         if self.rank == 0:
             save_config(cfg, Path(cfg.output) / CONFIG_FILE)
             self.logger.info(f"config {cfg.config_name} (world size {self.world_size}, device {self.device}):\n"

@@ -560,8 +560,22 @@ def unwrap_compiled(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+def _stop(exit_code: int, line: Optional[str] = None) -> None:
+    """Print `line` (prefixed with the rank when there are several), release the output lock,
+    leave the process group, exit with `exit_code`."""
+    if line is not None:
+        rank = os.environ.get("RANK", "0")
+        prefix = f"[rank {rank}] " if os.environ.get("WORLD_SIZE", "1") != "1" else ""
+        print(f"{prefix}{line}", file=sys.stderr, flush=True)
+    release_held_locks()
+    with contextlib.suppress(Exception):   # a peer that is gone must not turn the line into a traceback
+        cleanup()
+    sys.exit(exit_code)
+
+
 def train(method_class, argv: Optional[List[str]] = None) -> None:
-    """CLI entry point of every training script: `train(MethodClass)`; exits non-zero on errors."""
+    """CLI entry point of every training script: `train(MethodClass)`; exits non-zero on errors
+    (1), and with 130 on Ctrl-C (utils/training/interrupt.py)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv, method_class)
     try:
@@ -569,23 +583,10 @@ def train(method_class, argv: Optional[List[str]] = None) -> None:
         cfg.resume = bool(cfg.resume or args.resume)
         Trainer(cfg, method_class, argv, start_over=args.start_over).fit()
     except EXPECTED_ERRORS as error:
-        rank = os.environ.get("RANK", "0")
-        prefix = f"[rank {rank}] " if os.environ.get("WORLD_SIZE", "1") != "1" else ""
-        print(f"{prefix}error: {error}", file=sys.stderr, flush=True)
-        release_held_locks()
-        cleanup()
-        sys.exit(1)
+        _stop(1, f"error: {error}")
     except TrainingInterrupted:   # its one line is in the log (rank 0), the checkpoint written
-        release_held_locks()
-        cleanup()
-        sys.exit(INTERRUPTED_EXIT_CODE)
+        _stop(INTERRUPTED_EXIT_CODE)
     except KeyboardInterrupt:     # before training started, or a second Ctrl-C: at once
-        rank = os.environ.get("RANK", "0")
-        prefix = f"[rank {rank}] " if os.environ.get("WORLD_SIZE", "1") != "1" else ""
-        print(f"{prefix}interrupted: stopped at once without saving (a checkpoint.pt already in the output "
-              f"folder stays; --resume continues from it)", file=sys.stderr, flush=True)
-        release_held_locks()
-        with contextlib.suppress(Exception):
-            cleanup()
-        sys.exit(INTERRUPTED_EXIT_CODE)
+        _stop(INTERRUPTED_EXIT_CODE, "interrupted: stopped at once without saving (a checkpoint.pt already in "
+                                     "the output folder stays; --resume continues from it)")
     cleanup()

@@ -364,7 +364,7 @@ def read_only_data(workspace, tmp_path, monkeypatch):
     import shutil
     root, _ = workspace
     data = tmp_path / "data"
-    shutil.copytree(root / "data", data)
+    shutil.copytree(root / "data", data, ignore=shutil.ignore_patterns(".eval_cache"))
     real_open, real_mkdir = os.open, os.mkdir
 
     def refused(path):

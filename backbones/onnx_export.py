@@ -1,10 +1,12 @@
 """ONNX export of a backbone, and onnxruntime inference of an exported file.
 
 The exported graph takes `data`, float32 [B, 3, 112, 112] RGB normalised to [-1, 1] (as every
-backbone here and insightface's models), and returns `embedding` [B, d]. The file's metadata
-records the network name, the embedding size and the sha256 of the weights it came from, so
-the evaluation reads the network from the file. A file without that metadata (for example one
-written by insightface's torch2onnx.py) still runs: its embedding size is read from the graph.
+backbone here and insightface's models), B symbolic unless exported with a static batch, and
+returns `embedding` [B, d]. The file's metadata records the network name, the embedding size
+and the sha256 of the weights it came from, so the evaluation reads the network from the file.
+The embedding size in force is the graph's: metadata that contradicts the graph's output is
+refused, and a graph with a symbolic output width has every batch's width checked. A file
+without that metadata (for example one written by insightface's torch2onnx.py) still runs.
 
 onnx and onnxruntime are imported where used, so the backbones import without them.
 """
@@ -30,16 +32,19 @@ META_NETWORK, META_NUM_FEATURES, META_SOURCE_SHA256 = "network", "num_features",
 
 
 def export_backbone(model: nn.Module, network: str, num_features: int,
-                    source_sha256: Optional[str] = None, dynamic_batch: bool = False,
+                    source_sha256: Optional[str] = None, static_batch: Optional[int] = None,
                     opset: int = DEFAULT_OPSET) -> bytes:
-    """`model` (eval mode, fp32, on the CPU) as a serialised ONNX model checked by onnx, batch
-    size 1 unless `dynamic_batch`, with the metadata above."""
+    """`model` (eval mode, fp32, on the CPU) as a serialised ONNX model checked by onnx, with the
+    metadata above. The batch dimension is symbolic (any batch size, as insightface's
+    torch2onnx.py marks it) unless `static_batch` fixes it for runtimes that need static shapes."""
     import onnx
 
+    if static_batch is not None and int(static_batch) < 1:
+        raise ValueError(f"static batch size must be >= 1, got {static_batch}")
     model = model.float().cpu().eval()
-    example = torch.zeros(1, *IMAGE_SHAPE)
+    example = torch.zeros(1 if static_batch is None else int(static_batch), *IMAGE_SHAPE)
     buffer = io.BytesIO()
-    dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if static_batch is None else None
     with warnings.catch_warnings():
         # tracing warns about shape checks in the forward; the export itself is verified below
         warnings.simplefilter("ignore")
@@ -108,16 +113,25 @@ class OnnxBackbone:
         self.source_sha256 = metadata.get(META_SOURCE_SHA256)
         output_width = outputs[0].shape[-1] if len(outputs[0].shape) == 2 else None
         declared = metadata.get(META_NUM_FEATURES)
-        if declared is not None and declared.isdigit():
-            self.num_features = int(declared)
-        elif isinstance(output_width, int):
+        declared = int(declared) if declared is not None and declared.isdigit() else None
+        # the graph decides what comes out: metadata that contradicts it is refused, not trusted
+        if isinstance(output_width, int) and declared is not None and declared != output_width:
+            raise ValueError(f"{self.path}: metadata {META_NUM_FEATURES}={declared} but the graph's output "
+                             f"{outputs[0].name} has {output_width} features")
+        if isinstance(output_width, int):
             self.num_features = output_width
+        elif declared is not None:
+            self.num_features = declared   # a symbolic width: checked on every batch (_run)
         else:
             raise ValueError(f"{self.path}: cannot read the embedding size (no {META_NUM_FEATURES} "
                              f"metadata, output shape {outputs[0].shape}); pass --num-features")
 
     def _run(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: images})[0]
+        outputs = self.session.run(None, {self.input_name: images})[0]
+        if outputs.ndim != 2 or outputs.shape != (len(images), self.num_features):
+            raise ValueError(f"{self.path}: the graph returned embeddings of shape {list(outputs.shape)} "
+                             f"for {len(images)} images, expected [{len(images)}, {self.num_features}]")
+        return outputs
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(images.detach().float().cpu().numpy())

@@ -3,6 +3,7 @@ embeddings (r18, mbf, vit_t, tiny; insightface's mbf fixture), carries its netwo
 and ijbc_eval.py measures the .onnx with the same numbers as the .pt it came from."""
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -45,7 +46,7 @@ def test_export_runs_in_onnxruntime_with_pytorch_embeddings(tmp_path, name, num_
     model = calibrated(name, num_features)
     weights = tmp_path / "model.pt"
     torch.save(model.state_dict(), weights)
-    output = export_onnx.main([str(weights), "-net", name, "--dynamic-batch"])
+    output = export_onnx.main([str(weights), "-net", name])
     assert output == tmp_path / "model.onnx"           # insightface's default name beside it
     exported = OnnxBackbone(output)
     assert (exported.network, exported.num_features, exported.fixed_batch) == (name, num_features, None)
@@ -61,18 +62,53 @@ def test_fixed_batch_export_is_run_chunk_by_chunk(tmp_path):
     model = calibrated("tiny", 32)
     weights = tmp_path / "tiny.pt"
     torch.save({"state_dict_backbone": model.state_dict()}, weights)   # an insightface checkpoint
-    output = export_onnx.main([str(weights), "-net", "tiny", "-o", str(tmp_path / "out" / "t.onnx")])
+    output = export_onnx.main([str(weights), "-net", "tiny", "--static-batch", "2",
+                               "-o", str(tmp_path / "out" / "t.onnx")])
     exported = OnnxBackbone(output)
-    assert exported.fixed_batch == 1 and exported.num_features == 32
-    faces = random_faces(3)
+    assert exported.fixed_batch == 2 and exported.num_features == 32
+    faces = random_faces(3)   # two chunks, the last one padded
     with torch.no_grad():
         assert_parity(model(faces), exported(faces))
+
+
+def test_batch_dimension_is_symbolic_by_default(tmp_path):
+    import onnx
+    torch.save(calibrated("tiny", 16).state_dict(), tmp_path / "tiny.pt")
+    for flags, name in (([], "default.onnx"), (["--dynamic-batch"], "dynamic.onnx")):
+        output = export_onnx.main([str(tmp_path / "tiny.pt"), "-net", "tiny", "-o", str(tmp_path / name), *flags])
+        graph_input = onnx.load(str(output)).graph.input[0]
+        assert graph_input.type.tensor_type.shape.dim[0].dim_param == "batch"   # read from the file itself
+        assert OnnxBackbone(output).fixed_batch is None
+    for flags in (["--static-batch", "0"], ["--static-batch", "2", "--dynamic-batch"]):
+        with pytest.raises(SystemExit) as exit_info:
+            export_onnx.main([str(tmp_path / "tiny.pt"), "-net", "tiny", "-o", str(tmp_path / "x.onnx"), *flags])
+        assert exit_info.value.code == 2
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_metadata_size_that_contradicts_the_graph_is_refused(tmp_path):
+    import onnx
+    torch.save(calibrated("tiny", 16).state_dict(), tmp_path / "tiny.pt")
+    proto = onnx.load(str(export_onnx.main([str(tmp_path / "tiny.pt"), "-net", "tiny"])))
+    onnx.helper.set_model_props(proto, {"network": "tiny", "num_features": "64"})
+    onnx.save(proto, str(tmp_path / "lying.onnx"))
+    with pytest.raises(ValueError, match=r"lying\.onnx: metadata num_features=64 but the graph's output "
+                                         r"embedding has 16 features"):
+        OnnxBackbone(tmp_path / "lying.onnx")
+    # the graph's true output is checked on every batch too (for a width onnxruntime cannot
+    # infer, the metadata's size stands until then): a run returning another width is refused
+    honest = OnnxBackbone(tmp_path / "tiny.onnx")
+    session = honest.session
+    honest.session = SimpleNamespace(run=lambda names, feeds: [session.run(names, feeds)[0][:, :8]])
+    with pytest.raises(ValueError, match=r"tiny\.onnx: the graph returned embeddings of shape \[2, 8\] "
+                                         r"for 2 images, expected \[2, 16\]"):
+        honest(random_faces(2))
 
 
 def test_insightface_mbf_exports_to_insightface_embeddings(tmp_path):
     fixture = torch.load(DATA / "insightface_backbones" / "mbf_512.pt", weights_only=True)
     torch.save(fixture["state_dict"], tmp_path / "mbf.pt")
-    exported = OnnxBackbone(export_onnx.main([str(tmp_path / "mbf.pt"), "-net", "mbf", "--dynamic-batch"]))
+    exported = OnnxBackbone(export_onnx.main([str(tmp_path / "mbf.pt"), "-net", "mbf"]))
     assert (exported(fixture["input"]) - fixture["output"]).abs().max() < 1e-4
 
 
@@ -96,7 +132,7 @@ def exported_pair(tmp_path_factory):
                        images_per_template=2, image_size=48, seed=5)
     for seed, name in ((0, "new"), (1, "old")):
         torch.save(calibrated("tiny", 64, seed).state_dict(), root / f"{name}.pt")
-        export_onnx.main([str(root / f"{name}.pt"), "-net", "tiny", "--dynamic-batch"])
+        export_onnx.main([str(root / f"{name}.pt"), "-net", "tiny"])
     return root
 
 

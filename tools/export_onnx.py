@@ -1,12 +1,15 @@
 """Export a backbone to ONNX for deployment (as insightface's torch2onnx.py does), and check in
 onnxruntime that the file computes the embeddings PyTorch computes before it is written.
 
-    python tools/export_onnx.py MODEL.pt -net NAME [--num-features D] [-o OUT.onnx] [--dynamic-batch]
+    python tools/export_onnx.py MODEL.pt -net NAME [--num-features D] [-o OUT.onnx] [--static-batch N]
 
 MODEL.pt: a backbone state dict (ours or insightface's, `module.`-prefixed or not) or an
 insightface checkpoint holding `state_dict_backbone`. Default output: MODEL.onnx beside it.
 The graph takes `data` float32 [B, 3, 112, 112] RGB normalised to (x - 127.5) / 127.5 and
-returns `embedding` [B, d]; B is 1 unless --dynamic-batch. The network name and embedding size
+returns `embedding` [B, d]. B is symbolic (any batch size; insightface's torch2onnx.py marks it
+so too) unless --static-batch N fixes it for a runtime that needs static shapes (the evaluation
+then runs the file N images at a time). --dynamic-batch, the earlier opt-in, is still accepted
+and is now the default. The network name and embedding size
 are stored in the file, so `tools/ijbc_eval/ijbc_eval.py -m OUT.onnx` reads them from it.
 """
 from __future__ import annotations
@@ -44,10 +47,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="embedding size (default: read from the weights)")
     parser.add_argument("-o", "--output", type=Path, default=None,
                         help="ONNX file to write (default: MODEL with suffix .onnx)")
-    parser.add_argument("--dynamic-batch", action="store_true",
-                        help="any batch size (default: batch 1, as insightface exports)")
+    batch = parser.add_mutually_exclusive_group()
+    batch.add_argument("--static-batch", type=int, default=None, metavar="N",
+                       help="fix the batch size at N, for runtimes that need static shapes "
+                            "(default: a symbolic batch dimension, any batch size)")
+    batch.add_argument("--dynamic-batch", action="store_true",
+                       help="a symbolic batch dimension: the default, accepted for old command lines")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.static_batch is not None and args.static_batch < 1:
+        parser.error(f"--static-batch must be >= 1, got {args.static_batch}")
+    return args
 
 
 def parity(reference: torch.Tensor, exported: torch.Tensor):
@@ -69,7 +79,7 @@ def main(argv=None) -> Path:
         num_features = infer_num_features(weights, args.model)
     model = backbone_from_weights(weights, args.model, args.network, num_features).eval()
     serialised = export_backbone(model, args.network, num_features, file_sha256(args.model),
-                                 args.dynamic_batch, args.opset)
+                                 args.static_batch, args.opset)
 
     exported = OnnxBackbone(output, serialised=serialised)
     faces = torch.rand(CHECK_FACES, *IMAGE_SHAPE, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -83,7 +93,7 @@ def main(argv=None) -> Path:
                          f"{scaled_difference:.3g}, cosine {min_cosine:.7f}); not written")
     write_onnx(output, serialised)
     print(f"{output}: {args.network}, {num_features}-d, batch "
-          f"{'dynamic' if args.dynamic_batch else 1}, opset {args.opset}; onnxruntime vs PyTorch on "
+          f"{'dynamic' if args.static_batch is None else args.static_batch}, opset {args.opset}; onnxruntime vs PyTorch on "
           f"{CHECK_FACES} random faces: max abs {max_difference:.2e}, min cosine {min_cosine:.8f}",
           flush=True)
     return output

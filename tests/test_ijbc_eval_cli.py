@@ -49,8 +49,9 @@ def cli(root, *arguments):
     return ijbc_eval.main([*arguments, *common])
 
 
-def independent_embeddings(model_path, root, num_features=128):
-    """f(img) and f(flip) with skimage's similarity fit and a forward pass per view."""
+def independent_embeddings(model_path, root, num_features=128, pixel_scale=127.5):
+    """f(img) and f(flip) with skimage's similarity fit and a forward pass per view, the network
+    input (x - 127.5) / pixel_scale."""
     protocol = load_verification_protocol(root / "data", "IJBC")
     model = load_backbone(model_path, "tiny", num_features).eval()
     faces = []
@@ -59,7 +60,7 @@ def independent_embeddings(model_path, root, num_features=128):
         transform = skimage_similarity(points.astype(np.float64))
         faces.append(cv2.cvtColor(cv2.warpAffine(image, transform, (112, 112), borderValue=0.0),
                                   cv2.COLOR_BGR2RGB))
-    batch = (torch.tensor(np.stack(faces)).permute(0, 3, 1, 2).float() - 127.5) / 127.5
+    batch = (torch.tensor(np.stack(faces)).permute(0, 3, 1, 2).float() - 127.5) / pixel_scale
     with torch.no_grad():
         return model(batch).numpy(), model(batch.flip(3)).numpy(), protocol
 
@@ -175,6 +176,31 @@ def test_cache_reuse_and_key_mismatch(workspace, tmp_path, capsys):
     forced = dataclasses.replace(options, force_reload=True)
     assert not model_embeddings(root / "new.pt", "tiny", moved, forced).from_cache
     assert len(list((tmp_path / "cache").iterdir())) == 1  # replaced in place, no temporary left
+
+
+def test_reference_normalisation_switch(workspace, tmp_path):
+    """--input-normalisation reference feeds (x - 127.5) / 128 (the reference script's input), is
+    part of the cache key and has a cache file of its own beside the training normalisation's."""
+    root, _ = workspace
+    protocol = load_verification_protocol(root / "data", "IJBC")
+    training = EmbeddingOptions(batch_size=16, workers=0, cache_dir=tmp_path / "cache")
+    reference = dataclasses.replace(training, input_normalisation="reference")
+    by_training = model_embeddings(root / "new.pt", "tiny", protocol, training)
+    by_reference = model_embeddings(root / "new.pt", "tiny", protocol, reference)
+    assert not by_reference.from_cache   # the training-normalised cache is not taken for it
+    expected = {scale: independent_embeddings(root / "new.pt", root, pixel_scale=scale)[:2] for scale in (128.0, 127.5)}
+    for result, scale in ((by_reference, 128.0), (by_training, 127.5)):
+        np.testing.assert_allclose(result.embeddings, expected[scale][0], rtol=1e-3, atol=2e-4)
+        np.testing.assert_allclose(result.flip_embeddings, expected[scale][1], rtol=1e-3, atol=2e-4)
+    # the tolerance tells the two inputs apart
+    assert not np.allclose(by_reference.embeddings, expected[127.5][0], rtol=1e-3, atol=2e-4)
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert model_embeddings(root / "new.pt", "tiny", protocol, reference).from_cache
+    assert model_embeddings(root / "new.pt", "tiny", protocol, training).from_cache
+    assert cli(root, "-m", str(root / "new.pt"), "-net", "tiny", "--input-normalisation", "reference",
+               "--cache-dir", str(tmp_path / "cache"), "-R", str(tmp_path / "result")) == 0
+    _, report = load_result(tmp_path / "result", "new_IJBC_11")
+    assert report["settings"]["input_normalisation"] == "(x - 127.5) / 128"
 
 
 @pytest.mark.parametrize("network", ["tiny", "vit_t"])

@@ -1,10 +1,11 @@
 """Per-model cache of the raw IJB embeddings f(img) and f(flip(img)).
 
-One .npz per (subset, network, feature size, model file, precision); the key stored inside
-also pins the image list (landmark file checksum), the images themselves (image_fingerprint:
-every crop's size and modification time plus the full bytes of a fixed sample of crops) and the
-alignment settings. A file whose key differs from the one asked for is refused: the embeddings are
-recomputed and the file replaced.
+One .npz per (subset, network, feature size, model file, precision, input normalisation); the
+key stored inside also pins the image list (landmark file checksum), the images
+(image_fingerprint: every crop's size and modification time plus the full bytes of a fixed
+sample of crops; a same-size edit of an unsampled crop with its mtime restored is not seen) and
+the alignment settings. A file whose key differs from the one asked for is refused: the
+embeddings are recomputed and the file replaced.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from utils.common.checksums import file_sha256
 from utils.common.atomic_files import atomic_write, describe_os_error, unique_temporary
 
 CACHE_FORMAT = 2
+TRAINING_NORMALISATION = "(x - 127.5) / 127.5"
 FINGERPRINT_SAMPLE = 256   # crops whose whole bytes enter the fingerprint, spread over the list
 
 
@@ -46,7 +48,8 @@ def image_fingerprint(image_dir, image_names: Sequence[str], sample: int = FINGE
 
 def embedding_cache_key(model_sha256: str, network: str, num_features: int, subset: str,
                         image_list_sha256: str, num_images: int, amp: bool,
-                        image_content_sha256: str) -> Dict[str, object]:
+                        image_content_sha256: str,
+                        input_normalisation: str = TRAINING_NORMALISATION) -> Dict[str, object]:
     return {
         "format": CACHE_FORMAT,
         "model_sha256": model_sha256, "network": network, "num_features": int(num_features),
@@ -54,7 +57,7 @@ def embedding_cache_key(model_sha256: str, network: str, num_features: int, subs
         "image_content_sha256": image_content_sha256,
         "alignment": {"method": "umeyama-similarity", "size": ALIGNED_SIZE, "border": 0,
                       "reference_points": REFERENCE_POINTS.round(4).tolist(), "colour": "RGB"},
-        "input_normalisation": "(x - 127.5) / 127.5",
+        "input_normalisation": input_normalisation,
         "amp": bool(amp),
         "arrays": ["embeddings = f(img)", "flip_embeddings = f(horizontal flip of img)"],
     }
@@ -62,8 +65,10 @@ def embedding_cache_key(model_sha256: str, network: str, num_features: int, subs
 
 def cache_file(cache_dir, key: Dict[str, object]) -> Path:
     precision = "amp" if key["amp"] else "fp32"
+    # the reference's normalisation gets a file of its own, so both can be cached side by side
+    normalisation = "" if key["input_normalisation"] == TRAINING_NORMALISATION else "_norm128"
     return Path(cache_dir) / (f"{key['subset']}_{key['network']}_f{key['num_features']}_"
-                              f"{str(key['model_sha256'])[:16]}_{precision}.npz")
+                              f"{str(key['model_sha256'])[:16]}_{precision}{normalisation}.npz")
 
 
 def _differences(stored: Dict[str, object], wanted: Dict[str, object]) -> str:

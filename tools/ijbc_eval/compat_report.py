@@ -36,7 +36,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from tools.ijbc_eval.bootstrap import (REPLICATES, bootstrap_tar_at_far, bootstrap_top1,  # noqa: E402
                                        identification_subjects, interval, pair_subjects, subject_counts)
-from tools.ijbc_eval.embed import model_embeddings  # noqa: E402
+from tools.ijbc_eval.embed import INPUT_NORMALISATIONS, model_embeddings  # noqa: E402
 from tools.ijbc_eval.evaluation import (_query_and_reference_templates, check_compatible_sizes,  # noqa: E402
                                         run_identification, run_verification)
 from tools.ijbc_eval.identification import FPIR_GRID, _mated_scores  # noqa: E402
@@ -317,6 +317,7 @@ def build_report(args) -> str:
     args.output.mkdir(parents=True, exist_ok=True)
     write_json(args.output / "compat_report.json", {
         "old": {"path": str(old_path), "network": old_network}, "subset": args.subset,
+        "input_normalisation": INPUT_NORMALISATIONS[options.input_normalisation][0],
         "models": {name: {"path": str(path), "network": network} for name, path, network in specs},
         "rules": {"TAR@FAR": "nearest ROC point (reference)", "1:N": "mean over galleries",
                   "resolvable": "at least one false accept allowed: floor(FAR * impostor pairs) >= 1, "
@@ -327,7 +328,9 @@ def build_report(args) -> str:
         "rows": rows, "compatibility": criteria, "bootstrap": bootstrap})
     plot_report(rows, list(dict.fromkeys(name for name, _, _ in specs)), counts,
                 args.output / "compat_report.png")
-    text = report_markdown(f"Compatibility on {args.subset}, old model {old_path} ({old_network})",
+    normalisation = ("" if options.input_normalisation == "training" else
+                     f", network input {INPUT_NORMALISATIONS[options.input_normalisation][0]}")
+    text = report_markdown(f"Compatibility on {args.subset}, old model {old_path} ({old_network}){normalisation}",
                            rows, criteria, counts, bootstrap)
     write_text_atomic(args.output / "compat_report.md", text)
     return text

@@ -23,12 +23,18 @@ from torch.utils.data import Dataset
 from backbones import backbone_from_weights, infer_num_features, read_backbone_weights
 from backbones.onnx_export import OnnxBackbone
 from tools.ijbc_eval.alignment import similarity_transforms, warp_face
-from tools.ijbc_eval.cache import (cache_file, embedding_cache_key, image_fingerprint,
-                                   load_cached_embeddings, save_cached_embeddings)
+from tools.ijbc_eval.cache import (TRAINING_NORMALISATION, cache_file, embedding_cache_key,
+                                   image_fingerprint, load_cached_embeddings, save_cached_embeddings)
 from tools.ijbc_eval.protocol import VerificationProtocol
 from utils.common.checksums import file_sha256
-from utils.data.loader import OneLineErrorLoader, to_device
+from utils.data.loader import PIXEL_SCALE, OneLineErrorLoader, to_device
 from utils.common.progress import ProgressReporter
+
+
+# network input normalisations: name -> (formula, divisor of x - 127.5). "training" is the one
+# every model here is trained with; "reference" is the reference's IJB-C evaluation script's
+INPUT_NORMALISATIONS = {"training": (TRAINING_NORMALISATION, PIXEL_SCALE),
+                        "reference": ("(x - 127.5) / 128", 128.0)}
 
 
 @dataclass
@@ -39,6 +45,7 @@ class EmbeddingOptions:
     workers: int = 2
     cache_dir: Optional[Path] = None   # None: no cache
     force_reload: bool = False
+    input_normalisation: str = "training"   # a key of INPUT_NORMALISATIONS
 
 
 @dataclass
@@ -108,11 +115,12 @@ def embed_faces(model: nn.Module, dataset: Dataset, options: EmbeddingOptions,
     is_torch = isinstance(model, nn.Module)
     forward = inference_model(model) if is_torch else model
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    _, pixel_scale = INPUT_NORMALISATIONS[options.input_normalisation]
     progress = ProgressReporter(len(dataset), description, unit="img")
     embeddings, flip_embeddings = [], []
     for batch in loader:
         images = to_device(batch, device if is_torch else torch.device("cpu"),
-                           channels_last=is_torch)["image"]
+                           channels_last=is_torch, pixel_scale=pixel_scale)["image"]
         # one forward for both views: eval-mode layers treat samples independently
         with torch.autocast(device.type, dtype=amp_dtype, enabled=options.amp and is_torch):
             outputs = forward(torch.cat([images, torch.flip(images, dims=[3])])).float()
@@ -145,7 +153,8 @@ def model_embeddings(model_path, network: str, protocol: VerificationProtocol,
     sha256 = file_sha256(model_path)
     key = embedding_cache_key(sha256, network, num_features, protocol.subset,
                               protocol.image_list_sha256, protocol.num_images, amp,
-                              image_fingerprint(protocol.image_dir, protocol.image_names))
+                              image_fingerprint(protocol.image_dir, protocol.image_names),
+                              INPUT_NORMALISATIONS[options.input_normalisation][0])
     path = cache_file(options.cache_dir, key) if options.cache_dir is not None else None
     if path is not None and not options.force_reload:
         cached, reason = load_cached_embeddings(path, key)

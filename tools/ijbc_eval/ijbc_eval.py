@@ -7,8 +7,10 @@ against an old backbone (cross-test: old gallery / first pair template, new prob
     python tools/ijbc_eval/ijbc_eval.py -m NEW.onnx -m_old OLD.onnx [-N]          # exported models
     python tools/ijbc_eval/ijbc_eval.py -P results/x/*.npz                          # re-plot
 
-Pipeline N0D1F1 (docs: evaluation.md): 5-point similarity alignment to 112x112, embedding
-f(img) + f(flip), not normalised, times faceness; media average, template sum, L2; dot product.
+Pipeline N0D1F1 (docs: evaluation.md): 5-point similarity alignment to 112x112, network input
+(x - 127.5) / 127.5 as in training (--input-normalisation reference: the reference script's
+(x - 127.5) / 128), embedding f(img) + f(flip), not normalised, times faceness; media average,
+template sum, L2; dot product.
 Raw embeddings are cached per model file under --cache-dir. Results (JSON with every number,
 .npz of scores, PNG plots) go to -R; the markdown tables are printed at the end.
 """
@@ -27,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from tools.ijbc_eval.cache import choose_cache_dir, write_npz_atomic  # noqa: E402
-from tools.ijbc_eval.embed import EmbeddingOptions, model_embeddings  # noqa: E402
+from tools.ijbc_eval.embed import INPUT_NORMALISATIONS, EmbeddingOptions, model_embeddings  # noqa: E402
 from tools.ijbc_eval.evaluation import (check_compatible_sizes, run_identification,  # noqa: E402
                                         run_verification)
 from tools.ijbc_eval.identification import FPIR_SHOWN, shown_rows  # noqa: E402
@@ -66,6 +68,10 @@ def add_embedding_arguments(parser: argparse.ArgumentParser) -> None:
                         help="device for the forward passes (default: cuda when available)")
     parser.add_argument("--amp", action="store_true",
                         help="autocast forward passes (fp16 on GPU, bf16 on CPU); cached separately")
+    parser.add_argument("--input-normalisation", choices=sorted(INPUT_NORMALISATIONS), default="training",
+                        help="network input: 'training' (default) = (x - 127.5) / 127.5, as every model "
+                             "here is trained; 'reference' = (x - 127.5) / 128, as the reference's IJB-C "
+                             "script, to reproduce its numbers exactly (cached separately)")
 
 
 def embedding_options(args) -> EmbeddingOptions:
@@ -76,7 +82,7 @@ def embedding_options(args) -> EmbeddingOptions:
     cache_dir = choose_cache_dir(Path(args.data_path), args.cache_dir)
     return EmbeddingOptions(batch_size=args.batch_size, device=args.device, amp=args.amp,
                             workers=args.workers, cache_dir=cache_dir,
-                            force_reload=args.force_reload)
+                            force_reload=args.force_reload, input_normalisation=args.input_normalisation)
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -179,6 +185,7 @@ def evaluate(args) -> None:
         "test": "cross" if old is not None else "self", "subset": args.subset,
         "protocol": "1:N" if args.is_one_2_N else "1:1", "data_path": str(args.data_path),
         "variants": [v.name for v in variants], "amp": args.amp,
+        "input_normalisation": INPUT_NORMALISATIONS[args.input_normalisation][0],
         "new_model": {"path": str(args.model), "network": new.network,
                       "num_features": new.num_features, "sha256": new.model_sha256},
         "old_model": None if old is None else {"path": str(args.model_old), "network": old.network,

@@ -182,10 +182,12 @@ def build_loader(dataset, batch_size: int, rank: int, world_size: int, seed: int
     return loader, sampler
 
 
-def to_device(batch: Dict[str, torch.Tensor], device, channels_last: bool = False) -> Dict[str, torch.Tensor]:
-    """uint8 images -> float (x - 127.5) / 127.5 on the device; the other tensors moved as they are."""
+def to_device(batch: Dict[str, torch.Tensor], device, channels_last: bool = False,
+              pixel_scale: float = PIXEL_SCALE) -> Dict[str, torch.Tensor]:
+    """uint8 images -> float (x - 127.5) / pixel_scale (training's 127.5 unless asked otherwise)
+    on the device; the other tensors moved as they are."""
     moved = {name: value.to(device, non_blocking=True) if torch.is_tensor(value) else value
              for name, value in batch.items()}
-    image = moved["image"].float().sub_(PIXEL_MEAN).div_(PIXEL_SCALE)
+    image = moved["image"].float().sub_(PIXEL_MEAN).div_(pixel_scale)
     moved["image"] = image.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return moved

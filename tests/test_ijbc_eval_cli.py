@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from matplotlib.container import ErrorbarContainer
 from sklearn.metrics import roc_curve as sklearn_roc_curve
 
 from backbones import get_model, load_backbone
@@ -282,9 +283,13 @@ def test_script_exits_non_zero_with_one_line(tmp_path):
         f"ijbc_eval: error: IJBC landmarks file not found: {tmp_path}/IJBC/meta/ijbc_name_5pts_score.txt"]
 
 
-def test_compatibility_report(workspace, expected, capsys):
+def test_compatibility_report(workspace, expected, capsys, monkeypatch):
     root, _ = workspace
     output = root / "compat"
+    figures = []
+    save_figure = compat_report.save_figure
+    monkeypatch.setattr(compat_report, "save_figure", lambda figure, path: (figures.append(figure),
+                                                                             save_figure(figure, path)))
     assert compat_report.main(["--old", f"{root / 'old.pt'}:tiny",
                                "--new", f"A={root / 'new.pt'}:tiny", "--new", f"B={root / 'indep.pt'}",
                                "--new-net", "tiny",
@@ -341,6 +346,21 @@ def test_compatibility_report(workspace, expected, capsys):
     assert marked["1:N top-1 %"] == f"{100 * rows['A new/old']['1:N top-1']:.4f}"
     assert "below 1 / 60 impostor pairs" in markdown and "non-mated probes: G1 6, G2 6)" in markdown
     assert "top-1 = 1 / gallery size (3 and 3) = 33.3333" in markdown
+    # compat_report.png: every bar of the interval metrics carries its bootstrap interval as an
+    # error bar spanning exactly [low, high]
+    (figure,) = figures
+    models = ["A", "B", "new*"]
+    for metric in compat_report.INTERVAL_METRICS:
+        (axis,) = [axis for axis in figure.axes if axis.get_title().split(" (")[0] == metric]
+        drawn = []
+        for container in axis.containers:
+            if isinstance(container, ErrorbarContainer):
+                for segment in container.lines[2][0].get_segments():
+                    drawn.append((round(segment[0][1], 6), round(segment[1][1], 6)))
+        wanted = [tuple(round(100 * value, 6) for value in report["bootstrap"]["intervals"][row][metric])
+                  for test in compat_report.TESTS for row in
+                  (["old/old"] * len(models) if test == "old/old" else [f"{m} {test}" for m in models])]
+        assert sorted(drawn) == sorted(wanted), metric
 
 
 def test_report_marks_only_unresolvable_cells():

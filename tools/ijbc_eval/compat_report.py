@@ -255,9 +255,11 @@ def report_markdown(title: str, rows: dict, criteria: dict, counts: dict, bootst
             + ("" if bootstrap is None else f"\n{interval_tables(bootstrap)}"))
 
 
-def plot_report(rows: dict, models: List[str], counts: dict, path: Path) -> None:
+def plot_report(rows: dict, models: List[str], counts: dict, path: Path, intervals: dict = None) -> None:
     """Small multiples, one panel per metric: for each model the bars old/old, new/new and
-    new/old (%), the chance level dotted; unresolvable operating points hatched and titled so."""
+    new/old (%), the chance level dotted; unresolvable operating points hatched and titled so.
+    `intervals` (row -> metric -> (low, high), the bootstrap's) are drawn as error bars spanning
+    exactly the interval (a percentile interval need not be centred on the bar)."""
     resolvable, chance = resolvable_metrics(counts), chance_levels(counts)
     columns = 4
     panel_rows = math.ceil((len(METRICS) + 1) / columns)  # one spare panel holds the legend
@@ -271,9 +273,15 @@ def plot_report(rows: dict, models: List[str], counts: dict, path: Path) -> None
         for offset, test in enumerate(TESTS):
             values = [100 * rows["old/old" if test == "old/old" else f"{model} {test}"][metric]
                       for model in models]
-            axis.bar(positions + (offset - (len(TESTS) - 1) / 2) * width, values, width,
+            centres = positions + (offset - (len(TESTS) - 1) / 2) * width
+            axis.bar(centres, values, width,
                      color=colours[test], hatch=None if resolvable[metric] else "//",
                      edgecolor="white" if resolvable[metric] else "black", linewidth=0.5)
+            if intervals is not None and metric in INTERVAL_METRICS:
+                spans = np.array([intervals["old/old" if test == "old/old" else f"{model} {test}"][metric]
+                                  for model in models]) * 100
+                axis.errorbar(centres, spans.mean(axis=1), yerr=(spans[:, 1] - spans[:, 0]) / 2, fmt="none",
+                              ecolor="black", elinewidth=0.8, capsize=2)
         axis.axhline(100 * chance[metric], color="black", lw=0.8, ls=":")
         axis.set_xticks(positions, models, fontsize="small", rotation=30 if len(models) > 4 else 0)
         axis.set_title(metric if resolvable[metric] else f"{metric} (not resolvable)", fontsize="small")
@@ -281,6 +289,8 @@ def plot_report(rows: dict, models: List[str], counts: dict, path: Path) -> None
     handles = [Patch(facecolor=colours[test], label=test) for test in TESTS]
     handles += [Patch(facecolor="white", edgecolor="black", hatch="//", label="not resolvable"),
                 Line2D([], [], color="black", lw=0.8, ls=":", label="chance")]
+    if intervals is not None:
+        handles.append(Line2D([], [], color="black", lw=0.8, marker="_", label="95 % bootstrap interval"))
     galleries = ", ".join(f"{name} {g['templates']}" for name, g in counts["galleries"].items())
     axes[len(METRICS)].legend(handles=handles, loc="center", fontsize="small",
                               title=f"{counts['genuine_pairs']} genuine / {counts['impostor_pairs']} impostor "
@@ -327,7 +337,7 @@ def build_report(args) -> str:
         "resolvable": resolvable_metrics(counts), "chance": chance_levels(counts),
         "rows": rows, "compatibility": criteria, "bootstrap": bootstrap})
     plot_report(rows, list(dict.fromkeys(name for name, _, _ in specs)), counts,
-                args.output / "compat_report.png")
+                args.output / "compat_report.png", bootstrap["intervals"])
     normalisation = ("" if options.input_normalisation == "training" else
                      f", network input {INPUT_NORMALISATIONS[options.input_normalisation][0]}")
     text = report_markdown(f"Compatibility on {args.subset}, old model {old_path} ({old_network}){normalisation}",

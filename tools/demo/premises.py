@@ -10,6 +10,11 @@
 Each check is computed from the run's own files (the old model's training.log, the report's
 compat_report.json, the configs through the engine's own schedule code) and returned with the
 figures it rests on, so the demo prints why a premise holds or fails.
+
+A premise NOT MET is a result, not a footnote: `conclusion` turns the premises into the report's
+headline (written at the top of compat_report.md) and the demo's exit status,
+PREMISES_NOT_MET_EXIT. Only a run that claims no premises (the --quick size, which exists for the
+test suite and says so up front) exits 0 with premises not met.
 """
 from __future__ import annotations
 
@@ -32,13 +37,28 @@ MIN_GENUINE_PAIRS = 2000
 MIN_MATED_PROBES = 300
 HEADLINE = ("1:N top-1", "TAR@FAR=1e-2")
 
+# the demo's exit status when a premise is not met (1: a step failed or bad input; 2: usage)
+PREMISES_NOT_MET_EXIT = 3
+
 LOSS_LINE = re.compile(r"epoch (\d+)\s+step (\d+)/(\d+)\s.*?\bloss ([0-9.eE+-]+|nan|inf)")
+# the engine's start line of a run from scratch (Trainer.fit); a resume logs "from step N > 0"
+RUN_START = re.compile(r"\btraining \d+ steps \(.*\) from step 0$")
+HEADLINE_START, HEADLINE_END = "<!-- premises -->", "<!-- /premises -->"
+
+
+def current_run_lines(training_log: Path) -> List[str]:
+    """The lines of the log's last run from scratch: the training log is appended to by a
+    --start-over, so an earlier run's losses would otherwise mix in (its resumes stay in)."""
+    lines = training_log.read_text().splitlines()
+    starts = [number for number, line in enumerate(lines) if RUN_START.search(line)]
+    return lines[starts[-1]:] if starts else lines
 
 
 def epoch_losses(training_log: Path) -> List[float]:
-    """Mean logged loss of each epoch (a resumed run logs some steps twice: the last wins)."""
+    """Mean logged loss of each epoch of the current run (a resumed run logs some steps twice:
+    the last wins)."""
     by_step: Dict[int, tuple] = {}
-    for line in training_log.read_text().splitlines():
+    for line in current_run_lines(training_log):
         match = LOSS_LINE.search(line)
         if match:
             epoch, step, _, loss = match.groups()
@@ -138,3 +158,33 @@ def describe(name: str, premise: dict) -> str:
         detail = (f"{premise['genuine_pairs']} genuine pairs; mated probes "
                   + ", ".join(f"{gallery} {count}" for gallery, count in premise["mated_probes"].items()))
     return f"[{'MET' if premise['met'] else 'NOT MET'}] {name}: {detail}"
+
+
+def conclusion(premises: Dict[str, dict], claims_premises: bool) -> tuple:
+    """(exit status, headline) of a run from its premises. A run that claims premises and misses
+    one exits PREMISES_NOT_MET_EXIT and is headlined so; a run that claims none (--quick) says
+    that instead and exits 0."""
+    failed = [name for name, premise in premises.items() if not premise["met"]]
+    met = f"{len(premises) - len(failed)} of {len(premises)} premises met"
+    if not claims_premises:
+        return 0, (f"Quick size (the test suite's): this run claims no premises; its table checks the "
+                   f"pipeline, not the methods ({met}, report/premises.md).")
+    if failed:
+        return PREMISES_NOT_MET_EXIT, (
+            f"PREMISES NOT MET ({met}): {'; '.join(failed)}. This table does not show the paper's "
+            f"scenario: read no comparison of the methods from it (report/premises.md).")
+    return 0, f"All {len(premises)} premises of the scenario met (report/premises.md)."
+
+
+def with_headline(report_text: str, headline: str) -> str:
+    """The report with `headline` as a quoted block under its title, replacing an earlier one
+    (a re-run of the demo headlines the same report again)."""
+    lines = report_text.splitlines()
+    if HEADLINE_START in lines:
+        start = lines.index(HEADLINE_START)
+        end = lines.index(HEADLINE_END, start)
+        lines[start:end + 2] = []            # the block and the blank line after it
+    title = 1 if lines and lines[0].startswith("# ") else 0
+    block = ["", HEADLINE_START, f"> **{headline}**", HEADLINE_END]
+    lines[title:title] = block if title else block[1:] + [""]
+    return "\n".join(lines) + "\n"

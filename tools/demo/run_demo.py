@@ -14,7 +14,11 @@ step's wall and CPU seconds are printed and written to timings.json.
     python tools/demo/run_demo.py                      # default size, Open-class scenario
     python tools/demo/run_demo.py --quick              # the size the test suite uses
     python tools/demo/run_demo.py --scenario EXdata --out demo_output/exdata
-    python tools/demo/run_demo.py --seeds 0,1,2        # once per seed, then mean +- sd and verdicts
+    python tools/demo/run_demo.py --seeds 0,1,2        # once per seed, then mean +- sd and a paired test
+
+Exit status: 0 done (premises met, or --quick, which claims none); 3 done but a premise NOT MET
+(the report's headline says which: its table does not show the paper's scenario); 1 a step
+failed or the output folder cannot be written; 2 bad arguments.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,8 +35,9 @@ from typing import Dict, List
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tools.demo.premises import check_premises, describe, learning_rate_budget  # noqa: E402
-from tools.demo.seeds import parse_seeds, write_seed_report  # noqa: E402
+from tools.demo.premises import (check_premises, conclusion, describe, learning_rate_budget,  # noqa: E402
+                                 with_headline)
+from tools.demo.seeds import missing_seed_results, parse_seeds, write_seed_report  # noqa: E402
 from tools.experiment.local import LocalBackend, failure_summary  # noqa: E402
 from tools.experiment.plan import Step, attach_files  # noqa: E402
 from tools.ijbc_eval.protocol import subset_paths  # noqa: E402
@@ -211,11 +217,12 @@ def time_summary(times: Dict[str, dict], wall: float, load_before: float, load_a
             "steps": times}
 
 
-def premises_of_run(args, out: Path, trainings: Dict[str, Training], old_output: Path) -> dict:
-    """Check and print the premises (tools/demo/premises.py); written to report/premises.json."""
+def premises_of_run(args, out: Path, trainings: Dict[str, Training], old_output: Path) -> tuple:
+    """Check and print the premises (tools/demo/premises.py); written to report/premises.json,
+    their headline to the top of compat_report.md. Returns (premises, exit status)."""
     report_path = out / "report" / "compat_report.json"
     if not report_path.exists():
-        return {}
+        return {}, 0
     new_rec = out / "dataset" / "synthetic" / SUBSET_FOLDERS[SCENARIOS[args.scenario][1]]
     num_images = len(FaceRecIndex(new_rec).labels)
     budgets = {name: learning_rate_budget(training.script, training.config,
@@ -223,14 +230,19 @@ def premises_of_run(args, out: Path, trainings: Dict[str, Training], old_output:
                for name, training in trainings.items()}
     premises = check_premises(json.loads(report_path.read_text()), old_output / "training.log", budgets)
     lines = [describe(name, premise) for name, premise in premises.items()]
-    print("demo: premises\n" + "\n".join(f"  {line}" for line in lines))
     write_json(out / "report" / "premises.json", premises)
     write_text_atomic(out / "report" / "premises.md", "".join(f"- {line}\n" for line in lines))
-    return premises
+    status, headline = conclusion(premises, claims_premises=not args.quick)
+    report_text = out / "report" / "compat_report.md"
+    write_text_atomic(report_text, with_headline(report_text.read_text(), headline))
+    print(report_text.read_text())
+    print("demo: premises\n" + "\n".join(f"  {line}" for line in lines) + f"\ndemo: {headline}")
+    return premises, status
 
 
-def run_once(args, seed: int, out: Path) -> dict:
-    """The whole demo for one seed in `out`: steps, report, premises, timings."""
+def run_once(args, seed: int, out: Path) -> tuple:
+    """The whole demo for one seed in `out`: steps, report, premises, timings. Returns
+    (premises, exit status)."""
     steps, trainings, old_output = plan(args, seed, out)
     if args.only:
         unknown = sorted(set(args.only) - {s.name for s in steps})
@@ -265,13 +277,10 @@ def run_once(args, seed: int, out: Path) -> dict:
           f"{summary['load_average_1min']['start']} at the start, {summary['load_average_1min']['end']} "
           f"at the end: other processes share the cores when it is above {summary['busy_cores']}); "
           f"outputs in {out}")
-    report = out / "report" / "compat_report.md"
-    if report.exists():
-        print(report.read_text())
     return premises_of_run(args, out, trainings, old_output)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = StrictArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "demo_output",
                         help="folder for everything the run writes (default: demo_output/)")
@@ -280,8 +289,9 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (used by the test suite)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and of every training")
     parser.add_argument("--seeds", type=parse_seeds, default=None, metavar="S,S,...",
-                        help="run the whole demo once per seed (in <out>/seed_<s>) and write the mean "
-                             "+- sd of every cell and a verdict per method to <out>/seeds_report.md")
+                        help="run the whole demo once per seed (in <out>/seed_<s>; at least 2 seeds) and "
+                             "write the mean +- sd of every cell and a paired t-test per method to "
+                             "<out>/seeds_report.md")
     parser.add_argument("--workers", type=int, default=2,
                         help="loader workers of the feature and IJB-C tools (the trainings read the "
                              "decoded-image cache in their own process)")
@@ -292,20 +302,44 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     out = args.out.resolve()
     try:
+        writable_folder(out)
+    except OSError as error:
+        raise SystemExit(f"demo: cannot write to --out {out}: {error.strerror or error}") from None
+    try:
         lock = OutputLock(out).acquire()   # one runner per output folder
     except ValueError as error:
         raise SystemExit(f"demo: {error}") from None
+    if args.quick:
+        print("demo: --quick: the test suite's size; this run claims no premises (the default size "
+              "and --seeds do, and exit 3 when one is not met)", flush=True)
     if args.seeds is None:
-        run_once(args, args.seed, out)
+        status = run_once(args, args.seed, out)[1]
         lock.release()
-        return
+        return status
+    statuses = []
     for seed in args.seeds:
         print(f"demo: seed {seed} ({args.seeds.index(seed) + 1} of {len(args.seeds)})", flush=True)
-        run_once(args, seed, out / f"seed_{seed}")
-    text = write_seed_report(out, [out / f"seed_{seed}" for seed in args.seeds], args.seeds)
+        statuses.append(run_once(args, seed, out / f"seed_{seed}")[1])
+    runs = [out / f"seed_{seed}" for seed in args.seeds]
+    missing = missing_seed_results(runs)
+    if missing:
+        lock.release()
+        print(f"demo: no seeds report: {missing} is missing (--only ran part of each seed; a run "
+              f"without --only finishes them)", flush=True)
+        return 0 if args.only else 1
+    text = write_seed_report(out, runs, args.seeds, claims_premises=not args.quick)
     lock.release()
     print(text)
+    return max(statuses)
+
+
+def writable_folder(folder: Path) -> None:
+    """Create `folder` and check that a file can be written in it (OSError if not), before any
+    step runs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -133,13 +133,69 @@ def test_corrupt_manifest(tmp_path):
         check_artifact(path, OLD_FEATURES, fingerprint())
 
 
-def test_publish_drops_stale_manifest(tmp_path):
+def test_publish_replaces_artifact_and_manifest_together(tmp_path):
     path, _ = save_features(tmp_path)
     replacement = tmp_path / "new.npy"
     np.save(replacement, np.zeros((6, 4), dtype=np.float32))
-    publish_artifact(replacement, path)
-    with pytest.raises(ArtifactMismatch, match="no manifest"):
-        check_artifact(path, OLD_FEATURES, fingerprint())
+    manifest = publish_artifact(replacement, path, kind=OLD_FEATURES, tool="t2", args={}, dataset=fingerprint(),
+                                shape=(6, 4), dtype="float32")
+    assert not replacement.exists() and read_manifest(path) == manifest and manifest["tool"] == "t2"
+    check_artifact(path, OLD_FEATURES, fingerprint())
+    assert np.array_equal(np.load(path), np.zeros((6, 4)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x_feature.npy", "x_feature.npy.json"]
+
+
+@pytest.mark.parametrize("interleave_at", ["checksum", "rename"])
+def test_concurrent_writer_never_leaves_its_array_under_the_other_manifest(tmp_path, monkeypatch, interleave_at):
+    """Writer B runs from start to end while writer A is at its checksum (or at the rename of its
+    array into place): whatever pair is left, a reader that accepts it reads the array of the
+    model its manifest names."""
+    import os as os_module
+    import utils.artifacts.manifests as manifests
+    path = tmp_path / "s_class70_feature.npy"
+    arrays, models = {}, {}
+    for name, fill in (("A", 1.0), ("B", 2.0)):
+        models[name] = tmp_path / f"{name}.pt"
+        models[name].write_bytes(name.encode() * 64)
+        arrays[name] = np.full((6, 4), fill, np.float32)
+
+    def save(name):
+        save_array_atomic(path, arrays[name], kind=OLD_FEATURES, tool="t", args={}, dataset=fingerprint(),
+                          model=model_record(models[name], "r18", 4))
+
+    interleaved = []
+
+    def writer_b_once():
+        if not interleaved:
+            interleaved.append(True)
+            save("B")
+
+    real_checksum, real_replace = manifests.content_sha256, os_module.replace
+
+    def checksum(file, *args, **kwargs):
+        writer_b_once()
+        return real_checksum(file, *args, **kwargs)
+
+    def replace(source, destination, *args, **kwargs):
+        result = real_replace(source, destination, *args, **kwargs)
+        if Path(destination) == path:
+            writer_b_once()
+        return result
+
+    if interleave_at == "checksum":
+        monkeypatch.setattr(manifests, "content_sha256", checksum)
+    else:
+        monkeypatch.setattr(os_module, "replace", replace)
+    save("A")
+    monkeypatch.undo()
+    assert interleaved
+    try:
+        manifest = check_artifact(path, OLD_FEATURES, fingerprint())
+    except ArtifactMismatch as refusal:
+        assert "no longer matches its manifest" in str(refusal)
+        return
+    named = next(name for name in models if manifest["model"]["sha256"] == file_sha256(models[name]))
+    assert np.array_equal(np.load(path), arrays[named]), f"model {named}'s manifest over another model's array"
 
 
 def test_npz_artifact(tmp_path):

@@ -29,6 +29,7 @@ from backbones.onnx_export import (DEFAULT_OPSET, IMAGE_SHAPE, OnnxBackbone,  # 
                                    export_backbone, write_onnx)
 from utils.common.checksums import file_sha256  # noqa: E402
 from utils.common.cli import StrictArgumentParser  # noqa: E402
+from utils.common.output_lock import lock_files  # noqa: E402
 from utils.common.progress import run_tool  # noqa: E402
 
 # the parity the export must reach on random faces, else nothing is written; the difference is
@@ -73,6 +74,11 @@ def main(argv=None) -> Path:
     output = args.output if args.output is not None else args.model.with_suffix(".onnx")
     if output.resolve() == args.model.resolve():
         raise ValueError(f"-o {output} would overwrite the model it is exported from")
+    with lock_files([output]):   # two exports to one file: the second is refused at once
+        return export(args, output)
+
+
+def export(args, output: Path) -> Path:
     weights = read_backbone_weights(args.model)   # read once: the size and the model come from it
     num_features = args.num_features
     if num_features is None:

@@ -26,12 +26,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from backbones import load_backbone  # noqa: E402
-from utils.artifacts.manifests import (FEATURE_ROOT, OLD_FEATURES, OLD_LABELS, artifact_paths, add_sd_argument, model_record, publish_artifact, save_array_atomic, scenario_dir, subset_rec_dir, write_manifest)
+from utils.artifacts.manifests import (FEATURE_ROOT, OLD_FEATURES, OLD_LABELS, artifact_paths, add_sd_argument, model_record, publish_artifact, save_array_atomic, scenario_dir, subset_rec_dir)  # noqa: E402
 from utils.common.atomic_files import WriteError, describe_os_error  # noqa: E402
 from utils.common.cli import StrictArgumentParser  # noqa: E402
 from utils.common.config import load_config  # noqa: E402
 from utils.data.datasets import FaceRecDataset  # noqa: E402
-from utils.training.distributed import barrier, broadcast_object, cleanup, init_distributed, remove_launcher_args
+from utils.common.output_lock import lock_files  # noqa: E402
+from utils.training.distributed import (barrier, broadcast_object, check_on_rank0, cleanup,  # noqa: E402
+                                        init_distributed, remove_launcher_args)
 from utils.data.loader import BatchCollator, OneLineErrorLoader, seed_worker, to_device  # noqa: E402
 from utils.common.progress import ProgressReporter, run_tool  # noqa: E402
 
@@ -122,10 +124,22 @@ def main(argv=None) -> Path:
     cfg = load_config(args.config, args.overrides)
     data_dir = resolve_data_dir(args, cfg)
     folder = scenario_dir(args.SD, FEATURE_ROOT, args.out)
+    paths = artifact_paths(args.SD, folder)
+    # rank 0 locks the two files of this --SD (other --SD in the folder are written side by side);
+    # a second run writing them is refused at once, on every rank
+    held = []
+    check_on_rank0(lambda: held.append(lock_files([paths[OLD_FEATURES], paths[OLD_LABELS]])))
+    try:
+        return _run_locked(args, cfg, rank, world_size, device, data_dir, folder, paths)
+    finally:
+        for locks in held:
+            locks.release()
+
+
+def _run_locked(args, cfg, rank, world_size, device, data_dir, folder, paths) -> Path:
     model_path = Path(args.model) if args.model else Path(cfg.output) / "model.pt"
     dataset = FaceRecDataset(data_dir, flip=False)
     backbone = load_backbone(model_path, cfg.network, cfg.embedding_size, device=device).eval()
-    paths = artifact_paths(args.SD, folder)
     # one shared temporary per run (rank 0's pid): two runs writing the same --SD never share it
     run_token = broadcast_object(f"{os.getpid()}")
     partial = paths[OLD_FEATURES].with_name(f".{paths[OLD_FEATURES].name}.partial-{run_token}.npy")
@@ -170,9 +184,8 @@ def _embed_and_publish(args, cfg, rank, world_size, device, data_dir, folder, mo
                   "model": model_record(model_path, cfg.network, dimension),
                   "extra": {"config": str(Path(args.config).resolve()), "data": str(data_dir.resolve()),
                             "world_size": world_size, "amp": args.amp, "normalised": False}}
-        publish_artifact(partial, paths[OLD_FEATURES])
-        write_manifest(paths[OLD_FEATURES], kind=OLD_FEATURES, shape=(num_image, dimension),
-                       dtype=args.dtype, **fields)
+        publish_artifact(partial, paths[OLD_FEATURES], kind=OLD_FEATURES, shape=(num_image, dimension),
+                         dtype=args.dtype, **fields)
         save_array_atomic(paths[OLD_LABELS], dataset.labels.astype(np.int64), kind=OLD_LABELS, **fields)
         print(f"wrote {paths[OLD_FEATURES]} [{num_image}, {dimension}] {args.dtype} and "
               f"{paths[OLD_LABELS].name}", flush=True)

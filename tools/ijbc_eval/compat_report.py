@@ -45,6 +45,7 @@ from tools.ijbc_eval.pooling import DEFAULT_VARIANT, Variant, template_rows  # n
 from tools.ijbc_eval.protocol import load_identification_protocol, load_verification_protocol  # noqa: E402
 from tools.ijbc_eval.report import markdown_table, save_figure, write_json  # noqa: E402
 from utils.artifacts.manifests import write_text_atomic  # noqa: E402
+from utils.common.output_lock import lock_files  # noqa: E402
 from utils.common.cli import StrictArgumentParser  # noqa: E402
 
 # metric name -> operating point; TAR@FAR=1e-4 and 1e-5 are the published IJB-C columns
@@ -53,6 +54,7 @@ TOP_K = {"1:N top-1": 1, "1:N top-5": 5}
 TPIR_AT_FPIR = {"TPIR@FPIR=1e-2": 1e-2}
 METRICS = (*TAR_AT_FAR, *TOP_K, *TPIR_AT_FPIR)
 INDEPENDENT = "new*"
+REPORT_FILES = ("compat_report.json", "compat_report.png", "compat_report.md")   # in the -o folder
 TESTS = ("old/old", "new/new", "new/old")
 # the metrics given 95 % bootstrap intervals over subjects (tools/ijbc_eval/bootstrap.py)
 INTERVAL_METRICS = ("1:N top-1", "TAR@FAR=1e-2")
@@ -325,7 +327,7 @@ def build_report(args) -> str:
     criteria = {model: compatibility(rows, model) for model in models}
     bootstrap = bootstrap_intervals(protocol, identification, rows, samples)
     args.output.mkdir(parents=True, exist_ok=True)
-    write_json(args.output / "compat_report.json", {
+    write_json(args.output / REPORT_FILES[0], {
         "old": {"path": str(old_path), "network": old_network}, "subset": args.subset,
         "input_normalisation": INPUT_NORMALISATIONS[options.input_normalisation][0],
         "models": {name: {"path": str(path), "network": network} for name, path, network in specs},
@@ -337,12 +339,12 @@ def build_report(args) -> str:
         "resolvable": resolvable_metrics(counts), "chance": chance_levels(counts),
         "rows": rows, "compatibility": criteria, "bootstrap": bootstrap})
     plot_report(rows, list(dict.fromkeys(name for name, _, _ in specs)), counts,
-                args.output / "compat_report.png", bootstrap["intervals"])
+                args.output / REPORT_FILES[1], bootstrap["intervals"])
     normalisation = ("" if options.input_normalisation == "training" else
                      f", network input {INPUT_NORMALISATIONS[options.input_normalisation][0]}")
     text = report_markdown(f"Compatibility on {args.subset}, old model {old_path} ({old_network}){normalisation}",
                            rows, criteria, counts, bootstrap)
-    write_text_atomic(args.output / "compat_report.md", text)
+    write_text_atomic(args.output / REPORT_FILES[2], text)
     return text
 
 
@@ -361,7 +363,9 @@ def main(argv=None) -> int:
     add_embedding_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        text = build_report(args)
+        # the report's own files are locked (not the folder): other results may share it
+        with lock_files(args.output / name for name in REPORT_FILES):
+            text = build_report(args)
     except (ValueError, OSError) as error:
         print(f"compat_report: error: {error}", file=sys.stderr, flush=True)
         return 1

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from tools.ijbc_eval.cache import choose_cache_dir, write_npz_atomic  # noqa: E402
+from utils.common.output_lock import lock_files  # noqa: E402
 from tools.ijbc_eval.embed import INPUT_NORMALISATIONS, EmbeddingOptions, model_embeddings  # noqa: E402
 from tools.ijbc_eval.evaluation import (check_compatible_sizes, run_identification,  # noqa: E402
                                         run_verification)
@@ -156,7 +157,20 @@ def write_identification(folder: Path, stem: str, results: dict, extra_arrays: d
     return identification_tables(named)
 
 
+def result_files(folder: Path, stem: str, one_to_n: bool) -> list:
+    """The files one evaluation writes into its result folder (what it locks)."""
+    return [folder / f"{stem}.npz", folder / f"{stem}.json", folder / f"{stem}_{'tpir' if one_to_n else 'roc'}.png"]
+
+
 def evaluate(args) -> None:
+    folder, stem = result_paths(args)
+    # the result files of this evaluation, locked before the long embedding: a second run writing
+    # the same files is refused at once; evaluations of other models or subsets share the folder
+    with lock_files(result_files(folder, stem, args.is_one_2_N)):
+        _evaluate(args, folder, stem)
+
+
+def _evaluate(args, folder: Path, stem: str) -> None:
     started = time.time()
     options = embedding_options(args)
     print(f"reading the {args.subset} protocol under {args.data_path}", flush=True)
@@ -179,7 +193,6 @@ def evaluate(args) -> None:
                                args.old_num_features, "old")
         check_compatible_sizes(old, new)
     variants = all_variants() if args.is_bunch else [Variant.parse(DEFAULT_VARIANT)]
-    folder, stem = result_paths(args)
     folder.mkdir(parents=True, exist_ok=True)
     settings = {
         "test": "cross" if old is not None else "self", "subset": args.subset,
@@ -238,6 +251,11 @@ def replot(args) -> None:
             else:
                 tpir_curves[name] = (score[0], score[1])
     folder = Path(args.save_result) if args.save_result is not None else Path(files[0]).parent
+    with lock_files([folder / "replot_roc.png", folder / "replot_tpir.png"]):
+        write_replot(folder, roc_curves, roc_metrics, tpir_curves)
+
+
+def write_replot(folder: Path, roc_curves: dict, roc_metrics: dict, tpir_curves: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if roc_curves:
         plot_roc(roc_curves, folder / "replot_roc.png", "ROC")

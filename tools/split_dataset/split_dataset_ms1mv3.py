@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from utils.data.face_rec import (REC_NAME, FaceRecIndex, FaceRecWriter, image_record_label, is_rec_location, read_property)
 from utils.common.cli import StrictArgumentParser  # noqa: E402
+from utils.common.output_lock import lock_files  # noqa: E402
 from utils.common.progress import ProgressReporter, run_tool  # noqa: E402
 from utils.data.recordio import decode_bgr, unpack  # noqa: E402
 
@@ -162,7 +163,9 @@ def main(argv=None):
     if not input_dir.is_absolute() and not input_dir.exists() and not is_rec_location(input_dir):
         input_dir = repository / input_dir
     output_root = Path(args.out) if args.out else (input_dir if input_dir.is_dir() else input_dir.parent)
-    summary = split_rec(input_dir, output_root, args.ratio, args.overwrite, args.progress_seconds)
+    # each subset folder is locked (`.<folder>.lock` beside it): two splits into one --out cannot interleave
+    with lock_files(output_root / name for name in split_names(args.ratio).values()):
+        summary = split_rec(input_dir, output_root, args.ratio, args.overwrite, args.progress_seconds)
     for name, (num_image, num_classes) in summary.items():
         print(f"{output_root / name}: {num_image} images, {num_classes} identities", flush=True)
     return summary

@@ -22,10 +22,11 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 import numpy as np
 
-from utils.common.atomic_files import atomic_write, atomic_write_text
+from utils.common.atomic_files import WriteError, atomic_write_text, describe_os_error, write_temporary
 from utils.common.checksums import content_sha256, file_sha256
 from utils.common.cli import StrictArgumentParser
 from utils.common.config import REPO_ROOT
+from utils.common.output_lock import lock_files
 
 FEATURE_ROOT = REPO_ROOT / "feature_save"
 
@@ -124,14 +125,14 @@ def _jsonable(value):
 write_text_atomic = atomic_write_text  # the name the tools import: one writer, not a wrapper around it
 
 
-def write_manifest(artifact_path, *, kind: str, tool: str, args, dataset: Optional[Mapping],
-                   shape, dtype, model: Optional[Mapping] = None, source: Optional[Mapping] = None,
-                   extra: Optional[Mapping] = None) -> Dict[str, Any]:
-    """Write `<artifact>.json` atomically (the artifact is already in place: its checksum is taken
-    now) and return the manifest dict."""
+def manifest_record(content_path, *, kind: str, tool: str, args, dataset: Optional[Mapping],
+                    shape, dtype, model: Optional[Mapping] = None, source: Optional[Mapping] = None,
+                    extra: Optional[Mapping] = None) -> Dict[str, Any]:
+    """The manifest dict of an artifact whose bytes are the file `content_path` (its checksum is
+    taken from that file: the writer's own temporary, before anything is published)."""
     if args is not None and not isinstance(args, Mapping):
         args = vars(args)
-    manifest = {
+    return {
         "kind": kind,
         "tool": tool,
         "args": _jsonable(args or {}),
@@ -140,11 +141,21 @@ def write_manifest(artifact_path, *, kind: str, tool: str, args, dataset: Option
         "model": _jsonable(model) if model is not None else None,
         "shape": [int(s) for s in shape],
         "dtype": str(np.dtype(dtype)),
-        "content_sha256": content_sha256(artifact_path),
+        "content_sha256": content_sha256(content_path),
         "source": _jsonable(source) if source is not None else None,
         "extra": _jsonable(extra or {}),
     }
-    write_text_atomic(manifest_path(artifact_path), json.dumps(manifest, indent=1) + "\n")
+
+
+def _manifest_text(manifest: Mapping) -> str:
+    return json.dumps(manifest, indent=1) + "\n"
+
+
+def write_manifest(artifact_path, **fields) -> Dict[str, Any]:
+    """Write `<artifact>.json` for an artifact already in place (fields as in manifest_record).
+    Writers publish through publish_artifact, which checksums their own temporary instead."""
+    manifest = manifest_record(artifact_path, **fields)
+    write_text_atomic(manifest_path(artifact_path), _manifest_text(manifest))
     return manifest
 
 
@@ -162,33 +173,56 @@ def read_manifest(artifact_path) -> Dict[str, Any]:
     return manifest
 
 
-def publish_artifact(temporary, path) -> None:
-    """Rename a finished temporary file onto `path`, first dropping the old manifest, so a crash
-    before the new manifest is written leaves an artifact that fails its check."""
-    manifest_path(path).unlink(missing_ok=True)
-    os.replace(temporary, path)
+def publish_artifact(temporary, path, **manifest_fields) -> Dict[str, Any]:
+    """Publish this writer's finished temporary file as `path` together with its manifest (fields
+    as in manifest_record) and return the manifest.
+
+    The checksum is taken from the temporary, which no one else writes, so a manifest always
+    describes the bytes of its own writer: a concurrent writer (the output lock prevents one, this
+    holds even without it) can at worst leave its array beside the other's manifest, which the
+    content check refuses, never an array accepted under a manifest naming another model. The
+    manifest is written to its own temporary first; then the old manifest is dropped and the two
+    are renamed into place back to back (a crash in between leaves an artifact without manifest,
+    which is refused)."""
+    temporary, path = Path(temporary), Path(path)
+    manifest = manifest_record(temporary, **manifest_fields)
+    manifest_temporary = write_temporary(manifest_path(path), lambda handle: handle.write(
+        _manifest_text(manifest).encode("utf-8")))
+    try:
+        manifest_path(path).unlink(missing_ok=True)
+        os.replace(temporary, path)
+        os.replace(manifest_temporary, manifest_path(path))
+    except OSError as error:
+        raise WriteError(describe_os_error(error, path, "publishing")) from None
+    finally:
+        manifest_temporary.unlink(missing_ok=True)
+    return manifest
+
+
+def _save_published(path, write, **manifest_fields) -> Dict[str, Any]:
+    """write(handle) into a temporary of this writer, then publish_artifact it with its manifest."""
+    temporary = write_temporary(path, write)
+    try:
+        return publish_artifact(temporary, path, **manifest_fields)
+    finally:
+        temporary.unlink(missing_ok=True)   # left only when publishing failed
 
 
 def save_array_atomic(path, array: np.ndarray, **manifest_fields) -> Dict[str, Any]:
-    """np.save to a temporary name of this writer, rename onto `path`, then write the manifest
-    (fields as in write_manifest, shape and dtype taken from the array)."""
-    path = Path(path)
-    manifest_path(path).unlink(missing_ok=True)  # as publish_artifact: never a new file beside an old manifest
-    atomic_write(path, lambda handle: np.save(handle, array))
-    return write_manifest(path, shape=array.shape, dtype=array.dtype, **manifest_fields)
+    """np.save to a temporary name of this writer and publish it with its manifest (fields as in
+    manifest_record, shape and dtype taken from the array)."""
+    return _save_published(path, lambda handle: np.save(handle, array), shape=array.shape, dtype=array.dtype,
+                           **manifest_fields)
 
 
 def save_npz_atomic(path, arrays: Mapping[str, np.ndarray], main_array: str,
                     **manifest_fields) -> Dict[str, Any]:
     """Several arrays in one uncompressed .npz; the manifest records `main_array`'s shape and
     the shape of every member under extra['arrays']."""
-    path = Path(path)
-    manifest_path(path).unlink(missing_ok=True)
-    atomic_write(path, lambda handle: np.savez(handle, **arrays))
     extra = dict(manifest_fields.pop("extra", None) or {})
     extra["arrays"] = {name: [int(s) for s in value.shape] for name, value in arrays.items()}
-    return write_manifest(path, shape=arrays[main_array].shape, dtype=arrays[main_array].dtype,
-                          extra=extra, **manifest_fields)
+    return _save_published(path, lambda handle: np.savez(handle, **arrays), shape=arrays[main_array].shape,
+                           dtype=arrays[main_array].dtype, extra=extra, **manifest_fields)
 
 
 def load_artifact_array(path, mmap: bool = True) -> np.ndarray:
@@ -390,10 +424,17 @@ def derive_artifact(args: argparse.Namespace, kind: str, tool: str, compute: Cal
     .npz whose manifest shape is `main_array`'s, by default the first member's, the one
     load_artifact_array checks; extra manifest fields or None; a summary to print). The file is
     `output_path(folder)`, by default the kind's name from artifact_paths."""
+    folder = scenario_dir(args.SD, FEATURE_ROOT, args.out)
+    output = output_path(folder) if output_path is not None else artifact_paths(args.SD, folder)[kind]
+    # the output file is locked (not the folder): another tool may write another artifact beside it
+    with lock_files([output]):
+        return _derive_into(args, kind, tool, compute, output, main_array)
+
+
+def _derive_into(args, kind: str, tool: str, compute: Callable, output: Path, main_array: Optional[str]) -> Path:
     folder, features, labels, feature_manifest, num_classes = open_scenario(args)
     start = time.time()
     result, extra, summary = compute(features, labels, num_classes, args)
-    output = output_path(folder) if output_path is not None else artifact_paths(args.SD, folder)[kind]
     fields = derived_manifest_fields(kind, tool, args, artifact_paths(args.SD, folder)[OLD_FEATURES],
                                      feature_manifest, extra)
     if isinstance(result, Mapping):

@@ -107,15 +107,29 @@ class _RecordingHandle:
         return getattr(self.handle, name)
 
 
-def atomic_write(path, write: Callable[[BinaryIO], object]) -> Path:
-    """Call write(binary handle) on a unique temporary file beside `path`, sync, rename onto `path`."""
+@contextlib.contextmanager
+def _removed_on_failure(temporary: Path, path):
+    """Remove `temporary` when the block fails; an OSError becomes a one-line WriteError on `path`."""
+    try:
+        yield
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        if isinstance(error, OSError):
+            raise WriteError(describe_os_error(error, path)) from None
+        raise
+
+
+def write_temporary(path, write: Callable[[BinaryIO], object]) -> Path:
+    """Call write(binary handle) on a unique temporary file beside `path` and sync it; returns the
+    temporary's name (the caller renames it into place, or removes it). Nothing is left on failure."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor, temporary = unique_temporary(path)
     except OSError as error:
         raise WriteError(describe_os_error(error, path)) from None
-    try:
+    with _removed_on_failure(temporary, path):
         with os.fdopen(descriptor, "wb") as handle:
             recording = _RecordingHandle(handle)
             try:
@@ -126,14 +140,15 @@ def atomic_write(path, write: Callable[[BinaryIO], object]) -> Path:
                 raise
             handle.flush()
             os.fsync(handle.fileno())
+    return temporary
+
+
+def atomic_write(path, write: Callable[[BinaryIO], object]) -> Path:
+    """Call write(binary handle) on a unique temporary file beside `path`, sync, rename onto `path`."""
+    temporary = write_temporary(path, write)
+    with _removed_on_failure(temporary, path):
         os.replace(temporary, path)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        if isinstance(error, OSError):
-            raise WriteError(describe_os_error(error, path)) from None
-        raise
-    return path
+    return Path(path)
 
 
 def atomic_write_text(path, text: str) -> Path:

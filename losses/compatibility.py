@@ -73,7 +73,7 @@ def check_method_artifact(cfg, key: str, kind: str, dataset, method_name: str,
     from old features (prototypes, credible mask, class meta) must descend from the config's
     `old_features` file and its old model (check_lineage). Raises ArtifactMismatch naming both sides.
     """
-    from utils.artifacts.manifests import (OLD_FEATURES, ArtifactMismatch, check_artifact, check_content, check_lineage,
+    from utils.artifacts.manifests import (OLD_FEATURES, check_artifact, check_content, check_lineage,
                                            read_manifest, recorded_source)
     from utils.training.distributed import check_on_rank0
     path = required_path(cfg, key, method_name)
@@ -82,7 +82,7 @@ def check_method_artifact(cfg, key: str, kind: str, dataset, method_name: str,
     manifest = check_artifact(path, kind, fingerprint, expected_dim=expected_dim, expected_rows=rows,
                               expected_network=cfg.get("old_network"), verify_content=False)
     # the content hash (7 GB of MS1M features) is read once, by rank 0; every rank gets its verdict
-    check_on_rank0(lambda: check_content(path, manifest), (ArtifactMismatch,))
+    check_on_rank0(lambda: check_content(path, manifest))
     if kind != OLD_FEATURES:
         source = recorded_source(path, manifest)
         # a method that reads no old features (BCT) checks against the feature file the artifact

@@ -10,12 +10,30 @@ target monotonic in theta (ArcFace paper, "easy margin" off).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
 
 # floor of sin^2(theta): keeps d/dcos finite when rounding gives |cos| = 1 (value error < 1e-5 * sin m)
 _MIN_SIN_SQUARED = 1e-10
+
+
+def reads_on_host(device: torch.device) -> bool:
+    """Whether a check may read a value on the host: on the CPU it costs nothing; on an accelerator
+    it would stall every step (the engine reads the host once per optimiser step, _agree_on_step)."""
+    return torch.device(device).type == "cpu"
+
+
+def check_labels(valid: torch.Tensor, message: Callable[[], str]) -> None:
+    """ValueError(message()) unless every entry of the boolean tensor `valid` is true; on an
+    accelerator an asynchronous device assert instead (the engine's labels are also checked once
+    at start-up, utils.data.datasets.check_dataset)."""
+    if reads_on_host(valid.device):
+        if not bool(valid.all()):
+            raise ValueError(message())
+        return
+    torch._assert_async(valid.all(), "labels out of range for the classifier")
 
 
 class CombinedMarginLoss(nn.Module):
@@ -58,15 +76,19 @@ class CombinedMarginLoss(nn.Module):
             raise ValueError(f"margin loss needs cosine [N, C] and labels [N], got "
                              f"{tuple(cosine.shape)} and {tuple(labels.shape)}")
         cosine = cosine.float()
-        rows = torch.nonzero(labels >= 0).squeeze(1)
-        cols = labels[rows].long()
-        if cols.numel() and int(cols.max()) >= cosine.shape[1]:
-            raise ValueError(f"label {int(cols.max())} out of range for {cosine.shape[1]} classes")
+        # masks, not a list of the rows with a target (torch.nonzero): no host sync on a GPU
+        has_target = labels >= 0
+        check_labels(labels < cosine.shape[1],
+                     lambda: f"label {int(labels.max())} out of range for {cosine.shape[1]} classes")
+        rows = torch.arange(labels.shape[0], device=labels.device)
+        cols = torch.where(has_target, labels, torch.zeros_like(labels)).long()   # any column where none
         if self.interclass_filtering_threshold > 0:
             # negatives this close to the sample are likely the same identity: drop them (set 0)
             with torch.no_grad():
                 suspicious = cosine > self.interclass_filtering_threshold
-                suspicious[rows, cols] = False
+                suspicious[rows, cols] &= ~has_target
             cosine = cosine.masked_fill(suspicious, 0.0)
-        target = self.target_logit(cosine[rows, cols])
+        current = cosine[rows, cols]
+        # rows without a target here get their own value back
+        target = torch.where(has_target, self.target_logit(current), current)
         return cosine.index_put((rows, cols), target) * self.s

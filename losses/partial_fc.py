@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from losses.margin import CombinedMarginLoss
+from losses.margin import CombinedMarginLoss, check_labels
 from utils.training.distributed import all_gather_no_grad, all_gather_with_grad, get_rank, get_world_size
 
 
@@ -60,8 +60,11 @@ class ShardedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss: torch.Tensor):
         probabilities, shard_labels = ctx.saved_tensors
         grad = probabilities.clone()
-        rows = torch.nonzero(shard_labels >= 0).squeeze(1)
-        grad[rows, shard_labels[rows]] -= 1.0
+        # subtract the one-hot target by mask (0 where the target is on another rank): no
+        # torch.nonzero, whose data-dependent size is a host sync on a GPU
+        rows = torch.arange(grad.shape[0], device=grad.device)
+        has_target = shard_labels >= 0
+        grad[rows, shard_labels.clamp_min(0)] -= has_target.to(grad.dtype)
         grad.mul_(grad_loss / probabilities.shape[0])
         return grad, None
 
@@ -141,14 +144,8 @@ class PartialFC(nn.Module):
                              f"{tuple(embeddings.shape)}")
 
     def _check_label_range(self, labels: torch.Tensor) -> None:
-        in_range = (labels >= 0) & (labels < self.num_classes)
-        if labels.device.type != "cpu":
-            # no host read on an accelerator (it would stall every step): an asynchronous device
-            # assert; the engine's data are checked once at start-up (utils.data.datasets.check_dataset)
-            torch._assert_async(in_range.all(), f"PartialFC: labels must lie in [0, {self.num_classes})")
-            return
-        if not bool(in_range.all()):
-            raise ValueError(f"PartialFC: labels must lie in [0, {self.num_classes}), got "
+        check_labels((labels >= 0) & (labels < self.num_classes),
+                     lambda: f"PartialFC: labels must lie in [0, {self.num_classes}), got "
                              f"{int(labels.min())}..{int(labels.max())}")
 
     def _cosine(self, embeddings: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

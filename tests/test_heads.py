@@ -135,3 +135,30 @@ def test_build_head_follows_config():
     assert isinstance(softmax, SoftmaxHead) and softmax.cls_fc.weight.shape == (7, 16)
     with pytest.raises(ValueError, match="head"):
         build_head(make_config(head="arcface_fc"), make_env(7))
+
+
+def nonzero_margin(margin, cosine, labels):
+    """The margin logits as they were written with torch.nonzero (the expectation)."""
+    cosine = cosine.float()
+    rows = torch.nonzero(labels >= 0).squeeze(1)
+    cols = labels[rows].long()
+    if margin.interclass_filtering_threshold > 0:
+        with torch.no_grad():
+            suspicious = cosine > margin.interclass_filtering_threshold
+            suspicious[rows, cols] = False
+        cosine = cosine.masked_fill(suspicious, 0.0)
+    return cosine.index_put((rows, cols), margin.target_logit(cosine[rows, cols])) * margin.s
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.2])
+def test_masked_margin_equals_the_nonzero_one_exactly(threshold):
+    margin = CombinedMarginLoss(64.0, 1.0, 0.5, 0.0, interclass_filtering_threshold=threshold)
+    base = torch.rand(8, 5, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    labels = torch.tensor([4, -1, 0, 2, -1, 1, 4, 3])
+    results = []
+    for function in (margin, lambda c, l: nonzero_margin(margin, c, l)):
+        cosine = base.clone().requires_grad_(True)
+        logits = function(cosine, labels)
+        (logits * torch.arange(40.0).view(8, 5)).sum().backward()
+        results.append((logits.detach(), cosine.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])

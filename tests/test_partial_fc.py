@@ -133,3 +133,24 @@ def test_two_gloo_ranks_equal_single_process(tmp_path):
     single = PartialFC(CombinedMarginLoss(), EMBEDDING_SIZE, NUM_CLASSES)
     single.load_full_state_dict(result["full_state"])
     assert torch.equal(single.weight.detach(), full_weight)
+
+
+def nonzero_backward(probabilities, shard_labels, grad_loss):
+    """ShardedCrossEntropy's gradient as it was written with torch.nonzero (the expectation)."""
+    grad = probabilities.clone()
+    rows = torch.nonzero(shard_labels >= 0).squeeze(1)
+    grad[rows, shard_labels[rows]] -= 1.0
+    return grad.mul_(grad_loss / probabilities.shape[0])
+
+
+def test_masked_backward_equals_the_nonzero_one_exactly():
+    from losses.partial_fc import ShardedCrossEntropy
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(9, 7, generator=generator, dtype=torch.float32, requires_grad=True)
+    shard_labels = torch.tensor([0, -1, 6, 3, -1, -1, 2, 6, 1])   # -1: target on another rank
+    loss = ShardedCrossEntropy.apply(logits, shard_labels)
+    loss.backward(torch.tensor(0.7))
+    shifted = logits.detach() - logits.detach().max(dim=1, keepdim=True).values   # as the forward computes them
+    probabilities = shifted.exp()
+    probabilities.div_(probabilities.sum(dim=1, keepdim=True))
+    assert torch.equal(logits.grad, nonzero_backward(probabilities, shard_labels, torch.tensor(0.7)))

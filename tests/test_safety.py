@@ -85,11 +85,18 @@ def test_malicious_model_file_is_refused(tmp_path, capsys):
     """model.pt as training scripts, feature tools and the IJB-C evaluation read it."""
     from backbones import load_backbone
     from tools.ijbc_eval.ijbc_eval import main as ijbc_main
+    from tools.ijbc_eval.toy_protocol import write_toy_protocol
     marker, path = tmp_path / "executed", tmp_path / "model.pt"
     torch.save({"weight": RunsCode(marker)}, path)
     with pytest.raises(ValueError, match="not a readable torch state dict"):
         load_backbone(path, "tiny", 32)
-    assert ijbc_main(["-m", str(path), "-net", "tiny", "-d", str(tmp_path / "no_data")]) == 1
+    # a readable protocol, so the evaluation gets as far as reading the model (and refuses it there)
+    write_toy_protocol(tmp_path / "data", "IJBC", num_subjects=2, templates_per_subject=2, images_per_template=1)
+    capsys.readouterr()
+    assert ijbc_main(["-m", str(path), "-net", "tiny", "-d", str(tmp_path / "data"),
+                      "-R", str(tmp_path / "results"), "--workers", "0"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert f"{path}" in error and "not a readable torch state dict" in error and len(error.splitlines()) == 1, error
     assert not marker.exists()
 
 
@@ -100,6 +107,15 @@ def test_malicious_verification_bin_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"refusing verification set .*lfw\.bin: it asks for posix\.system"):
         load_bin(path)
     assert not marker.exists()
+
+
+def test_bin_with_an_empty_image_is_one_line(tmp_path):
+    """OpenCV raises (not returns None) on an empty byte string: still the .bin's one-line refusal."""
+    from utils.data.bin_sets import load_bin
+    path = tmp_path / "lfw.bin"
+    path.write_bytes(pickle.dumps(([b"", b""], [True])))
+    with pytest.raises(ValueError, match=r"lfw\.bin: image 0 cannot be decoded"):
+        load_bin(path)
 
 
 def test_genuine_bin_layouts_still_load(tmp_path):

@@ -32,8 +32,8 @@ from utils.common.cli import StrictArgumentParser  # noqa: E402
 from utils.common.config import load_config  # noqa: E402
 from utils.data.datasets import FaceRecDataset  # noqa: E402
 from utils.common.output_lock import lock_files  # noqa: E402
-from utils.training.distributed import (barrier, broadcast_object, check_on_rank0, cleanup,  # noqa: E402
-                                        init_distributed, remove_launcher_args)
+from utils.training.distributed import (agree_on_failure, broadcast_object, check_on_rank0, cleanup,  # noqa: E402
+                                        failure_line, init_distributed, remove_launcher_args)
 from utils.data.loader import BatchCollator, OneLineErrorLoader, seed_worker, to_device  # noqa: E402
 from utils.common.progress import ProgressReporter, run_tool  # noqa: E402
 
@@ -155,7 +155,8 @@ def _run_locked(args, cfg, rank, world_size, device, data_dir, folder, paths) ->
 def _embed_and_publish(args, cfg, rank, world_size, device, data_dir, folder, model_path, dataset, backbone,
                        paths, partial) -> Path:
     num_image, dimension = len(dataset), int(cfg.embedding_size)
-    if rank == 0:
+
+    def reserve() -> None:
         print(f"old model {cfg.network} ({model_path}) -> {num_image} images of {data_dir} "
               f"-> {folder} on {world_size} process(es)", flush=True)
         folder.mkdir(parents=True, exist_ok=True)
@@ -167,19 +168,23 @@ def _embed_and_publish(args, cfg, rank, world_size, device, data_dir, folder, mo
                 os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
         except OSError as error:
             raise WriteError(describe_os_error(error, paths[OLD_FEATURES])) from None
-    barrier()
+    check_on_rank0(reserve)   # rank 0 creates the shared file; its failure stops every rank
 
     rows = rank_rows(num_image, rank, world_size)
     features_out = np.lib.format.open_memmap(partial, mode="r+")
     progress = ProgressReporter(len(rows), f"features (rank 0 of {world_size})", "img",
                                 every_seconds=args.progress_seconds, enabled=rank == 0)
-    embed_rows(backbone, dataset, rows, features_out, args, device, progress)
+    failure = None
+    try:
+        embed_rows(backbone, dataset, rows, features_out, args, device, progress)
+    except (ValueError, OSError) as error:   # a bad record in this rank's slice stops every rank on its line
+        failure = failure_line(error)
     features_out.flush()
     del features_out
     progress.close()
-    barrier()
+    agree_on_failure(failure)
 
-    if rank == 0:
+    def publish() -> None:
         fields = {"tool": TOOL, "args": args, "dataset": dataset.fingerprint(),
                   "model": model_record(model_path, cfg.network, dimension),
                   "extra": {"config": str(Path(args.config).resolve()), "data": str(data_dir.resolve()),
@@ -189,7 +194,7 @@ def _embed_and_publish(args, cfg, rank, world_size, device, data_dir, folder, mo
         save_array_atomic(paths[OLD_LABELS], dataset.labels.astype(np.int64), kind=OLD_LABELS, **fields)
         print(f"wrote {paths[OLD_FEATURES]} [{num_image}, {dimension}] {args.dtype} and "
               f"{paths[OLD_LABELS].name}", flush=True)
-    barrier()
+    check_on_rank0(publish)
     cleanup()
     return paths[OLD_FEATURES]
 

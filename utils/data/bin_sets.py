@@ -19,7 +19,10 @@ import torch
 def _decode(encoded, path: Path, position: int, image_size: Tuple[int, int]) -> np.ndarray:
     buffer = np.frombuffer(bytes(encoded) if not isinstance(encoded, np.ndarray) else encoded.tobytes(),
                            dtype=np.uint8)
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    except cv2.error:   # OpenCV refuses some byte strings outright instead of returning None
+        image = None
     if image is None:
         raise ValueError(f"{path}: image {position} cannot be decoded")
     if image.shape[:2] != tuple(image_size):

@@ -144,18 +144,55 @@ def broadcast_object(obj, source: int = 0):
     return holder[0]
 
 
-def check_on_rank0(check: Callable[[], object], errors: Tuple[type, ...] = (ValueError,)) -> None:
-    """Run `check` on rank 0 only (a file hash, a lock); when it raises one of `errors`, every rank
-    raises the same error type with the same one-line message (collective: call on every rank)."""
-    refusal = None
+class RankFailure(ValueError):
+    """Another rank's failure, raised on this rank with that failure's one line: every rank of a
+    run stops on the same line (docs/conventions.md, "Errors")."""
+
+
+def failure_line(error: BaseException) -> str:
+    """The one line every rank reports for `error`: the message of bad input (ValueError, OSError,
+    whose messages name the file / record), the type and message of anything else."""
+    if isinstance(error, (ValueError, OSError)):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def check_on_rank0(check: Callable[[], object]) -> None:
+    """Run `check` on rank 0 only (a file hash, a lock, a write); whatever it raises reaches every
+    rank: rank 0 raises its own error, every other rank a RankFailure with the same one line
+    (collective: call on every rank; it also stands for a barrier after `check`)."""
+    failure = None
     if get_rank() == 0:
         try:
             check()
-        except errors as error:
-            refusal = (type(error), str(error))
-    refusal = broadcast_object(refusal)
-    if refusal is not None:
-        raise refusal[0](refusal[1])
+        except Exception as error:   # any failure: a rank left waiting would die on a transport error
+            failure = error
+    line = broadcast_object(None if failure is None else failure_line(failure))
+    if failure is not None:
+        raise failure
+    if line is not None:
+        raise RankFailure(line)
+
+
+def raise_first_failure(failed_ranks: Sequence[int], own_line: Optional[str]) -> None:
+    """Every rank, after learning (through a collective they all ran) which ranks failed: raise
+    RankFailure with the line of the lowest failed rank, sent by that rank (collective)."""
+    if failed_ranks:
+        raise RankFailure(broadcast_object(own_line, source=min(failed_ranks)))
+
+
+def agree_on_failure(own_line: Optional[str]) -> None:
+    """Each rank passes its own failure line or None; when any rank failed, every rank raises
+    RankFailure with the lowest failed rank's line (collective: call on every rank)."""
+    if get_world_size() == 1:
+        if own_line is not None:
+            raise RankFailure(own_line)
+        return
+    lines = [None] * get_world_size()
+    dist.all_gather_object(lines, own_line)
+    failed = [rank for rank, line in enumerate(lines) if line is not None]
+    if failed:
+        raise RankFailure(lines[failed[0]])
 
 
 class _AllGatherWithGrad(torch.autograd.Function):

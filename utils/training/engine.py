@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import itertools
 import logging
 import math
 import os
@@ -30,7 +29,7 @@ from utils.training.checkpoint import (CHECKPOINT_FILE, DEBUG_CHECKPOINT_FILE, M
 from utils.common.atomic_files import remove_stale_temporaries
 from utils.common.cli import StrictArgumentParser
 from utils.common.config import (RESUME_FIXED_KEYS, RESUME_IGNORED_KEYS, comparable_config, config_differences, config_to_json, load_config, save_config)
-from utils.training.distributed import (all_gather_no_grad, all_reduce_sum, average_gradients, barrier, broadcast_object, broadcast_parameters, check_on_rank0, cleanup, gather_objects, init_distributed, remove_launcher_args)
+from utils.training.distributed import (agree_on_failure, all_gather_no_grad, all_reduce_sum, average_gradients, broadcast_object, broadcast_parameters, check_on_rank0, cleanup, failure_line, gather_objects, init_distributed, raise_first_failure, remove_launcher_args)
 from utils.data.datasets import FaceRecDataset
 from utils.data.build import build_dataset
 from utils.data.face_rec import read_property
@@ -177,15 +176,17 @@ def mean_over_micro_batches(losses: Sequence[torch.Tensor],
                           for name in names}
 
 
-def check_image_size(dataset) -> None:
-    """A rec's images must have the size its `property` file declares (checked on the first image)."""
+def first_image_shape(dataset) -> Tuple[int, ...]:
+    """[3, H, W] of the data set's first image; a rec's images must have the size its `property`
+    file declares (checked on that image)."""
+    shape = tuple(dataset[0][0].shape)
     if not isinstance(dataset, FaceRecDataset) or dataset.property_path is None:
-        return
+        return shape
     _, height, width = read_property(dataset.property_path)
-    found = tuple(dataset[0][0].shape[1:])
-    if found != (height, width):
+    if shape[1:] != (height, width):
         raise ValueError(f"{dataset.property_path} declares {height}x{width} images but the first "
-                         f"image of {dataset.reader.rec_path} is {found[0]}x{found[1]}")
+                         f"image of {dataset.reader.rec_path} is {shape[1]}x{shape[2]}")
+    return shape
 
 
 class Trainer:
@@ -211,7 +212,7 @@ class Trainer:
         set_determinism(bool(cfg.deterministic))
         # flips happen on the device (random_flip): deterministic per sample, exact on resume
         self.dataset = build_dataset(cfg, flip=False)
-        check_image_size(self.dataset)
+        self.image_shape = first_image_shape(self.dataset)
         cfg.num_classes = int(self.dataset.num_classes) if cfg.num_classes is None else cfg.num_classes
         cfg.num_image = len(self.dataset) if cfg.num_image is None else cfg.num_image
         self.env = TrainEnv(self.rank, self.world_size, self.local_rank, self.device, cfg.num_classes, cfg.num_image)
@@ -231,6 +232,7 @@ class Trainer:
         self.stop_flag = torch.zeros(1, device=self.device)
         self.stop_request: Optional[StopRequest] = None
         self.stop_flag_set = self.stop_agreed = False
+        self.data_failure: Optional[str] = None   # this rank's loader failed (bad record): its one line
         self.verification = VerificationCallback(cfg, self.rank, self.device, self.logger)
         resume_notes = self._restore(Path(cfg.output) / CHECKPOINT_FILE) if cfg.resume else []
         self.model = self._wrap(self.backbone)
@@ -243,19 +245,22 @@ class Trainer:
     def _open_output(self, start_over: bool, notes: Sequence[Tuple[int, str]]) -> None:
         """Every start-up check has passed: the run now writes into its folder (logs, config)."""
         cfg = self.cfg
-        removed = clear_previous_run(cfg.output) if start_over and self.rank == 0 else []
-        # what a writer killed mid-write (SIGKILL during a checkpoint save) could not remove itself
-        stale = (remove_stale_temporaries(Path(cfg.output) / name for name in RUN_FILES)
-                 if self.rank == 0 else [])
-        barrier()
+        removed, stale = [], []
+
+        def tidy() -> None:
+            if start_over:
+                removed.extend(clear_previous_run(cfg.output))
+            # what a writer killed mid-write (SIGKILL during a checkpoint save) could not remove itself
+            stale.extend(remove_stale_temporaries(Path(cfg.output) / name for name in RUN_FILES))
+        check_on_rank0(tidy)   # rank 0 tidies the folder; a failure there stops every rank on its line
         self.logger = setup_logger(cfg.output, self.rank)
         if removed:
             self.logger.info(f"--start-over: removed {', '.join(removed)} of the earlier run in {cfg.output}")
         if stale:
             self.logger.info(f"removed {len(stale)} temporary files left by writers that are gone: "
                              f"{', '.join(sorted(path.name for path in stale))}")
+        check_on_rank0(lambda: save_config(cfg, Path(cfg.output) / CONFIG_FILE))
         if self.rank == 0:
-            save_config(cfg, Path(cfg.output) / CONFIG_FILE)
             self.logger.info(f"config {cfg.config_name} (world size {self.world_size}, device {self.device}):\n"
                              f"{config_to_json(cfg)}")
         for level, note in notes:
@@ -336,10 +341,14 @@ class Trainer:
 
     def save_checkpoint(self, file_name: str = CHECKPOINT_FILE, extra: Optional[dict] = None) -> None:
         state = self._state()
-        if state is not None:
+
+        def write() -> None:
             state.update(extra or {})
             atomic_torch_save(state, Path(self.cfg.output) / file_name)
-        barrier()
+        check_on_rank0(write)   # a failed write (full disk) stops every rank with its line
+
+    def _save_model(self) -> None:
+        check_on_rank0(lambda: save_model(self.backbone, self.cfg.output))
 
     def _check_resumable(self, state: dict, path: Path) -> List[Tuple[int, str]]:
         """Refuse a checkpoint whose data order or model differs from this run's (one line listing
@@ -412,13 +421,18 @@ class Trainer:
         backbone = unwrap(self.backbone)
         was_training = backbone.training
         backbone.eval()
-        row = 0
-        for images, _, _ in loader:
-            with self.autocast():
-                batch_features = backbone(to_device({"image": images}, self.device, self.cfg.channels_last)["image"])
-            features[row:row + len(images)] = batch_features.float()
-            row += len(images)
+        row, failure = 0, None
+        try:
+            for images, _, _ in loader:
+                with self.autocast():
+                    batch_features = backbone(to_device({"image": images}, self.device,
+                                                        self.cfg.channels_last)["image"])
+                features[row:row + len(images)] = batch_features.float()
+                row += len(images)
+        except (ValueError, OSError) as error:   # bad input in this rank's slice: every rank stops on it
+            failure = failure_line(error)
         backbone.train(was_training)
+        agree_on_failure(failure)
         return all_gather_no_grad(features)[:len(indices)]
 
     # ---- the loop -------------------------------------------------------------------------
@@ -440,24 +454,30 @@ class Trainer:
     def _agree_on_step(self) -> bool:
         """One all-reduce and one host read per optimiser step: (1) whether any rank saw a non-finite
         loss in this step (returned), (2) whether any rank was asked to stop (Ctrl-C; kept in
-        self.stop_agreed, so every rank stops after the same step), (3) with fp16, whether any
-        rank's GradScaler found an inf/NaN gradient. The summed flag is written back into every
-        rank's scaler, so all ranks skip the same steps and keep the same scale: a rank that
-        skipped alone would leave its replica behind for good (DDP never re-syncs weights)."""
+        self.stop_agreed, so every rank stops after the same step), (3) which ranks' loaders failed
+        in this step (every rank then raises the first failed rank's line, before the step is
+        applied), (4) with fp16, whether any rank's GradScaler found an inf/NaN gradient. The summed
+        inf flag is written back into every rank's scaler, so all ranks skip the same steps and keep
+        the same scale: a rank that skipped alone would leave its replica behind for good (DDP never
+        re-syncs weights)."""
         if self.stop_request is not None and self.stop_request.requested and not self.stop_flag_set:
             self.stop_flag.fill_(1.0)   # a kernel, not a host read: the flag travels in the all-reduce
             self.stop_flag_set = True
-        flags = [self.nonfinite_losses.reshape(1), self.stop_flag]
+        failed = torch.zeros(self.world_size, device=self.device)
+        if self.data_failure is not None:
+            failed[self.rank] = 1.0
+        flags = [self.nonfinite_losses.reshape(1), self.stop_flag, failed]
         found_inf = scaler_found_inf(self.scaler, self.optimizer) if self.scaler is not None else []
         if found_inf:
             flags.append(torch.stack([flag.reshape(()).to(self.device, torch.float32) for flag in found_inf]).sum()
                          .reshape(1))
         flags = all_reduce_sum(torch.cat(flags))
         for flag in found_inf:
-            flag.copy_(flags[2].reshape(flag.shape))
-        nonfinite, stop = (value > 0 for value in flags[:2].tolist())
-        self.stop_agreed = stop
-        return nonfinite
+            flag.copy_(flags[-1].reshape(flag.shape))
+        values = flags.tolist()   # the one host read of the step
+        raise_first_failure([rank for rank in range(self.world_size) if values[2 + rank] > 0], self.data_failure)
+        self.stop_agreed = values[1] > 0
+        return values[0] > 0
 
     def _stop_on_interrupt(self, checkpoint_saved: bool) -> None:
         """Ctrl-C agreed by every rank at a step boundary: leave a checkpoint a --resume continues
@@ -468,6 +488,31 @@ class Trainer:
                    f"holds this step; continue with --resume")
         self.logger.info(message)
         raise TrainingInterrupted(message)
+
+    def _next_batch(self, iterator) -> Optional[dict]:
+        """The next micro-batch of this rank (None when the loader is exhausted). When this rank's
+        loader meets bad input on a multi-rank run, the rank does not leave on its own (the others
+        would wait in the step's collectives, or die on a transport error): it keeps the failure's
+        line and feeds a stand-in batch until the step ends, where _agree_on_step stops every rank
+        on that line before anything is applied."""
+        if self.data_failure is None:
+            try:
+                return next(iterator)
+            except StopIteration:
+                return None
+            except (ValueError, OSError) as error:
+                if self.world_size == 1:
+                    raise
+                self.data_failure = failure_line(error)
+        return self._stand_in_batch()
+
+    def _stand_in_batch(self) -> dict:
+        """A batch of the loader's shape (black images, valid indices and their labels) for a rank
+        whose loader failed: its only use is to meet the other ranks' collectives."""
+        labels = getattr(self.dataset, "labels", None)
+        items = [(torch.zeros(self.image_shape, dtype=torch.uint8),
+                  int(labels[index]) if labels is not None else 0, index) for index in range(self.cfg.batch_size)]
+        return self.loader.collate_fn(items)
 
     def _stop_on_nonfinite_loss(self, terms: dict, indices: List[torch.Tensor]) -> None:
         message = f"non-finite loss at step {self.step} (terms {describe_terms(terms)})"
@@ -509,7 +554,10 @@ class Trainer:
             self.pending_rng = None
         # checkpoints fall on step boundaries: never resumed mid-step
         step_losses, step_terms, step_indices = [], [], []
-        for batch in itertools.islice(iterator, micro_steps - self.micro_step_in_epoch):
+        for _ in range(micro_steps - self.micro_step_in_epoch):
+            batch = self._next_batch(iterator)
+            if batch is None:
+                break
             self.micro_step_in_epoch += 1
             sync = self.micro_step_in_epoch % self.accumulation == 0
             step_indices.append(batch["index"])
@@ -531,8 +579,7 @@ class Trainer:
             if self.verification.due(self.step) and self.step != self.total_steps:
                 self.verification(self.step, self.model)
         self.epoch, self.micro_step_in_epoch = epoch + 1, 0
-        if self.rank == 0:
-            save_model(self.backbone, self.cfg.output)
+        self._save_model()
         if self.cfg.save_all_states:
             self.save_checkpoint()
         self.logger.info(f"epoch {epoch} done: {Path(self.cfg.output) / MODEL_FILE}")
@@ -548,8 +595,7 @@ class Trainer:
         with StopRequest() as self.stop_request:
             for epoch in range(self.epoch, int(self.cfg.num_epoch)):
                 self._run_epoch(epoch)
-        if self.rank == 0:
-            save_model(self.backbone, self.cfg.output)
+        self._save_model()
         self.verification(self.step, self.model)
         self.monitor.close()
         self.logger.info(f"finished: {Path(self.cfg.output) / MODEL_FILE}")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from utils.training.checkpoint import unwrap
-from utils.training.distributed import barrier
+from utils.training.distributed import check_on_rank0
 from utils.data.bin_sets import find_bin, load_bin
 from utils.data.loader import to_device
 
@@ -80,10 +80,13 @@ class VerificationCallback:
         if names and not cfg.rec:
             raise ValueError("val_targets need `rec` (the .bin files sit next to train.rec)")
         paths = [find_bin(cfg.rec, name) for name in names]
-        if rank == 0:
+
+        def load_sets() -> None:
             for name, path in zip(names, paths):
                 self.sets[name] = load_bin(path)
                 logger.info(f"[{name}] loaded {len(self.sets[name][1])} pairs from {path}")
+        # rank 0 reads the sets; a refused set (hostile pickle, bad image) stops every rank on its line
+        check_on_rank0(load_sets)
 
     @property
     def active(self) -> bool:
@@ -95,7 +98,8 @@ class VerificationCallback:
     def __call__(self, step: int, backbone: nn.Module) -> Dict[str, Tuple[float, float]]:
         """Evaluate every loaded set; returns {name: (mean, std)} on rank 0, {} elsewhere."""
         results: Dict[str, Tuple[float, float]] = {}
-        if self.rank == 0:
+
+        def evaluate() -> None:
             model = unwrap(backbone)
             for name, (images, issame) in self.sets.items():
                 mean, std = verify(model, images, issame, self.device, self.channels_last)
@@ -105,6 +109,6 @@ class VerificationCallback:
                                  f"(best {self.best[name]:.5f})")
                 if self.monitor is not None:
                     self.monitor.add_scalar(f"verification/{name}", mean, step)
-        barrier()
+        check_on_rank0(evaluate)   # the other ranks wait here, and learn of a failure of rank 0
         return results
 

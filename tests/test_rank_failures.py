@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import pytest
 
+from tests.test_safety import RunsCode
 from tests.training_fixtures import (REPO_ROOT, class_images, free_port, subprocess_env, tiny_training_keys,
                                      write_config, write_tiny_rec)
 from utils.data.face_rec import FaceRecWriter
@@ -23,15 +24,6 @@ pytestmark = [pytest.mark.distributed]
 REFUSAL_SECONDS = 10
 WORLD = 2
 MEASURED = {}   # case -> seconds from the first rank's failure to the last rank's exit (printed at the end)
-
-
-class RunsCode:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-        return os.system, (f"touch {self.marker}",)
 
 
 def launch(folder: Path, method: str, config: Path, *extra: str):

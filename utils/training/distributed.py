@@ -160,7 +160,7 @@ def failure_line(error: BaseException) -> str:
 def check_on_rank0(check: Callable[[], object]) -> None:
     """Run `check` on rank 0 only (a file hash, a lock, a write); whatever it raises reaches every
     rank: rank 0 raises its own error, every other rank a RankFailure with the same one line
-    (collective: call on every rank; it also stands for a barrier after `check`)."""
+    (collective: call on every rank; it ends with a barrier after `check`)."""
     failure = None
     if get_rank() == 0:
         try:
@@ -168,6 +168,9 @@ def check_on_rank0(check: Callable[[], object]) -> None:
         except Exception as error:   # any failure: a rank left waiting would die on a transport error
             failure = error
     line = broadcast_object(None if failure is None else failure_line(failure))
+    # a broadcast lets its source run ahead: a rank that leaves the group (the run's end, or this
+    # failure) while another still receives makes that one abort in the transport
+    barrier()
     if failure is not None:
         raise failure
     if line is not None:
@@ -178,7 +181,9 @@ def raise_first_failure(failed_ranks: Sequence[int], own_line: Optional[str]) ->
     """Every rank, after learning (through a collective they all ran) which ranks failed: raise
     RankFailure with the line of the lowest failed rank, sent by that rank (collective)."""
     if failed_ranks:
-        raise RankFailure(broadcast_object(own_line, source=min(failed_ranks)))
+        line = broadcast_object(own_line, source=min(failed_ranks))
+        barrier()   # no rank leaves while another still receives (see check_on_rank0)
+        raise RankFailure(line)
 
 
 def agree_on_failure(own_line: Optional[str]) -> None:
@@ -192,6 +197,7 @@ def agree_on_failure(own_line: Optional[str]) -> None:
     dist.all_gather_object(lines, own_line)
     failed = [rank for rank, line in enumerate(lines) if line is not None]
     if failed:
+        barrier()   # no rank leaves while another still receives (see check_on_rank0)
         raise RankFailure(lines[failed[0]])
 
 

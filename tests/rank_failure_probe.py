@@ -1,8 +1,9 @@
 """Run under torchrun by tests/test_rank_failures.py: one tiny training whose input fails on one
 rank. Besides what the engine prints, each rank records in <folder>/times_<rank>.json when it first
 met the failure (the first bad-input error raised on this rank by the loader, the .bin reader or an
-artifact check; absent when the rank never met it) and when it exited, so the test can measure how
-long the other ranks took to stop.
+artifact check; absent when the rank never met it) and when it stopped (printed its line and began
+leaving: the launcher may end a rank's last clean-up once another rank has exited), so the test
+can measure how long the other ranks took to stop.
 
     probe.py FOLDER METHOD CONFIG [unreadable-on-rank0]
 
@@ -20,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import utils.artifacts.manifests as manifests  # noqa: E402
 import utils.data.loader as loader  # noqa: E402
+import utils.training.engine as engine  # noqa: E402
 import utils.training.verification as verification  # noqa: E402
-from utils.training.engine import train  # noqa: E402
 
 FAILED_AT = []
 
@@ -50,16 +51,15 @@ def main() -> None:
     manifests.check_artifact = timed(manifests.check_artifact)
     manifests.content_sha256 = timed(unreadable if "unreadable-on-rank0" in sys.argv[4:] and rank == 0
                                      else manifests.content_sha256)
-    from tests.test_ddp_step import method_classes
-    status = 0
-    try:
-        train(method_classes()[method], [config])
-    except SystemExit as stop:
-        status = stop.code
-    finally:
+    stop = engine._stop
+
+    def recorded_stop(*args, **kwargs):
         (folder / f"times_{rank}.json").write_text(json.dumps(
-            {"failed_at": min(FAILED_AT) if FAILED_AT else None, "exited_at": time.time()}))
-    sys.exit(status)
+            {"failed_at": min(FAILED_AT) if FAILED_AT else None, "stopped_at": time.time()}))
+        stop(*args, **kwargs)
+    engine._stop = recorded_stop
+    from tests.test_ddp_step import method_classes
+    engine.train(method_classes()[method], [config])
 
 
 if __name__ == "__main__":

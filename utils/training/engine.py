@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import logging
 import math
 import os
@@ -614,9 +615,18 @@ def _stop(exit_code: int, line: Optional[str] = None) -> None:
         prefix = f"[rank {rank}] " if os.environ.get("WORLD_SIZE", "1") != "1" else ""
         print(f"{prefix}{line}", file=sys.stderr, flush=True)
     release_held_locks()
+    leave_process_group()
+    sys.exit(exit_code)
+
+
+def leave_process_group() -> None:
+    """Destroy the process group once nothing else holds it: the trainer (its DDP wrapper holds the
+    group) and an error's traceback are collected first, so gloo's threads end while the interpreter
+    is alive; a group left to interpreter exit aborts the process now and then ("terminate called
+    without an active exception", measured: 1 run in 9 of a 2-rank gloo run before this)."""
+    gc.collect()
     with contextlib.suppress(Exception):   # a peer that is gone must not turn the line into a traceback
         cleanup()
-    sys.exit(exit_code)
 
 
 def train(method_class, argv: Optional[List[str]] = None) -> None:
@@ -629,10 +639,14 @@ def train(method_class, argv: Optional[List[str]] = None) -> None:
         cfg.resume = bool(cfg.resume or args.resume)
         Trainer(cfg, method_class, argv, start_over=args.start_over).fit()
     except EXPECTED_ERRORS as error:
-        _stop(1, f"error: {error}")
+        stop = (1, f"error: {error}")
     except TrainingInterrupted:   # its one line is in the log (rank 0), the checkpoint written
-        _stop(INTERRUPTED_EXIT_CODE)
+        stop = (INTERRUPTED_EXIT_CODE, None)
     except KeyboardInterrupt:     # before training started, or a second Ctrl-C: at once
-        _stop(INTERRUPTED_EXIT_CODE, "interrupted: stopped at once without saving (a checkpoint.pt already in "
-                                     "the output folder stays; --resume continues from it)")
-    cleanup()
+        stop = (INTERRUPTED_EXIT_CODE, "interrupted: stopped at once without saving (a checkpoint.pt already in "
+                                       "the output folder stays; --resume continues from it)")
+    else:
+        stop = None
+    if stop is not None:   # outside the except blocks: the error's traceback (and the trainer) can go
+        _stop(*stop)
+    leave_process_group()

@@ -92,20 +92,20 @@ def naive_unibct_prototype(old, new, tau, lam):
     return (affinity @ old).mean(dim=0)
 
 
-def test_unibct_refinement_matches_naive_per_image_loop():
+@pytest.mark.parametrize("lam", [0.9, 0.5])
+def test_unibct_refinement_matches_naive_per_image_loop(lam):
     generator = torch.Generator().manual_seed(2)
     sizes = {0: 1, 1: 4, 2: 4, 3: 7, 4: 2, 6: 4}   # class 5 has no image; equal sizes share a solve
     labels = torch.cat([torch.full((n,), c) for c, n in sizes.items()])
     labels = labels[torch.randperm(len(labels), generator=generator)]
     new = torch.randn(len(labels), 5, generator=generator, dtype=torch.float64) * 0.3
     old = torch.randn(len(labels), 5, generator=generator, dtype=torch.float64)
-    # tiny solve budget: forces several batched solves per size group
-    class_ids, prototypes = refine_class_prototypes(old, new, labels, tau=0.05, lam=0.9, solve_elements=20)
+    class_ids, prototypes = refine_class_prototypes(old, new, labels, tau=0.05, lam=lam)
     assert class_ids.tolist() == sorted(sizes)
     expected = {}
     for image in range(len(labels)):   # the reference's loop: once per image, same class again and again
         members = torch.nonzero(labels == labels[image]).squeeze(1)
-        expected[int(labels[image])] = naive_unibct_prototype(old[members], new[members], 0.05, 0.9)
+        expected[int(labels[image])] = naive_unibct_prototype(old[members], new[members], 0.05, lam)
     for row, class_id in enumerate(class_ids.tolist()):
         assert torch.allclose(prototypes[row], expected[class_id], atol=1e-9), class_id
     single = torch.nonzero(labels == 0).squeeze(1)

@@ -8,8 +8,9 @@ As BCT (BCT_methods/BCT/train.py), plus:
       E = softmax_dim0(N_c N_c^T / tau) with the diagonal set to -1e9         (tau = 0.05)
       O'_c = (1 - lam) (I - lam E)^-1 O_c                                     Eq. (9), lam = 0.9
       prototype_c = mean of the rows of O'_c (not re-normalised)              Eq. (10)
-  once per class (the reference re-solves it once per image), batched over classes of equal
-  size; the feature extraction and the solves are spread over the ranks;
+  which equals the mean of the rows of O_c (E's columns sum to 1; see refine_class_prototypes),
+  computed so (the reference re-solves the system once per image); the feature extraction and
+  the classes are spread over the ranks;
 - the LR decays x decay_rate after each epoch in decay_epoch (20, 26, 32) instead of poly.
 The refined prototypes are method state: a resume does not refine again.
 """
@@ -37,44 +38,28 @@ from utils.training.schedulers import StepDecayFactor  # noqa: E402
 logger = logging.getLogger(LOGGER_NAME)
 # images whose new features are extracted (by all ranks) and refined at a time: memory stays flat
 REFINE_CHUNK_IMAGES = 1 << 17
-# matrix entries (classes x n x n) per batched solve
-REFINE_SOLVE_ELEMENTS = 1 << 24
-
-
-def _refine_equal_size(old_features: torch.Tensor, new_features: torch.Tensor,
-                       tau: float, lam: float) -> torch.Tensor:
-    """Eq. (9)-(10) for b classes of n images each: [b, n, d] x2 -> prototypes [b, d]."""
-    size = new_features.shape[1]
-    edges = new_features @ new_features.transpose(1, 2) / tau
-    edges.diagonal(dim1=1, dim2=2).fill_(-1e9)
-    # mean_rows((1-lam) M^-1 O) = (1-lam)/n * u^T O with M^T u = 1, M = I - lam softmax_dim0(E):
-    # one solve per class. E is symmetric, so softmax_dim0(E)^T is the row softmax of E.
-    transposed_edges = torch.softmax(edges, dim=2)
-    identity = torch.eye(size, dtype=edges.dtype, device=edges.device)
-    ones = torch.ones(edges.shape[0], size, 1, dtype=edges.dtype, device=edges.device)
-    row_weights = torch.linalg.solve(identity - lam * transposed_edges, ones)
-    return (1.0 - lam) / size * (row_weights.transpose(1, 2) @ old_features).squeeze(1)
-
-
 def refine_class_prototypes(old_features: torch.Tensor, new_features: torch.Tensor, labels: torch.Tensor,
-                            tau: float, lam: float,
-                            solve_elements: int = REFINE_SOLVE_ELEMENTS) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Refined prototype of every class present in `labels` (rows of the two feature tensors).
+                            tau: float, lam: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Refined prototype of every class present in `labels` (rows of the two feature tensors),
+    Eq. (9)-(10) in closed form. Returns (class ids [k] ascending, prototypes [k, d]).
 
-    Returns (class ids [k], prototypes [k, d]); classes are grouped by image count so each group
-    is one batched solve with no padding.
+    The softmax over dim 0 makes every column of E sum to 1, so 1^T (I - lam E) = (1 - lam) 1^T,
+    hence 1^T (1 - lam)(I - lam E)^-1 = 1^T: the mean of the rows of O'_c = (1 - lam)(I - lam E)^-1 O_c
+    is the mean of the rows of O_c, whatever the new features, tau and lam (lam != 1). Solving the
+    n x n system per class (the reference solves it once per image) gives the same prototype up to
+    rounding (7e-8 at float32, 3.6 M x 512; the test compares with that loop) at O(n^3 + n^2 d) a
+    class instead of O(n d): 330 s instead of under 1 s at MS1M-V3 class70 on this machine.
     """
-    order = torch.argsort(labels, stable=True)
-    class_ids, sizes = torch.unique_consecutive(labels[order], return_counts=True)
-    starts = torch.cumsum(sizes, 0) - sizes
-    prototypes = torch.empty(len(class_ids), old_features.shape[1], dtype=old_features.dtype,
-                             device=old_features.device)
-    for size in torch.unique(sizes).tolist():
-        group = torch.nonzero(sizes == size).squeeze(1)
-        for part in group.split(max(1, solve_elements // (size * size))):
-            rows = order[starts[part, None] + torch.arange(size, device=order.device)]
-            prototypes[part] = _refine_equal_size(old_features[rows], new_features[rows], tau, lam)
-    return class_ids, prototypes
+    if new_features.shape != old_features.shape or len(labels) != len(old_features):
+        raise ValueError(f"old features {list(old_features.shape)}, new features {list(new_features.shape)} and "
+                         f"{len(labels)} labels must describe the same images")
+    if lam == 1:
+        raise ValueError("UniBCT lambda = 1 makes I - lambda E singular (every column of E sums to 1)")
+    class_ids, rows_of = torch.unique(labels, return_inverse=True)
+    sums = torch.zeros(len(class_ids), old_features.shape[1], dtype=torch.float64, device=old_features.device)
+    sums.index_add_(0, rows_of, old_features.to(torch.float64))
+    counts = torch.bincount(rows_of, minlength=len(class_ids)).to(torch.float64)
+    return class_ids, (sums / counts[:, None]).to(old_features.dtype)
 
 
 def classes_of_rank(class_sizes: np.ndarray, rank: int, world_size: int) -> np.ndarray:

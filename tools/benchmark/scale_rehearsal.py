@@ -54,6 +54,15 @@ MARKER = "complete.json"
 PART_MARKER = ".built"
 PARTS = ("ms1m", "prefix", "big", "ijbc")
 RESULT = "scale_rehearsal.json"
+# the stage groups --stages picks from, in the order they run (artifact tools read get_feature's output)
+STAGE_GROUPS = ("split", "startup", "training", "partial_fc", "checkpoint", "get_feature", "artifacts",
+                "refinement", "feature_store", "ijbc_protocol", "ijbc_decode", "ijbc_eval")
+GROUP_OF_PREFIX = {"split tool": "split", "start-up": "startup", "training": "training", "Partial FC": "partial_fc",
+                   "checkpoint": "checkpoint", "get_feature.py": "get_feature", "avg_feature": "artifacts",
+                   "credible": "artifacts", "class_meta": "artifacts", "UniBCT": "refinement",
+                   "old-feature store": "feature_store", "IJB-C protocol": "ijbc_protocol",
+                   "IJB-C decode": "ijbc_decode", "IJB-C evaluation": "ijbc_eval"}
+FEATURES_DONE = "features.done"     # beside run/features: get_feature's output is complete and reusable
 LINKS_PER_FILE = 60_000
 
 
@@ -384,13 +393,29 @@ def stage_entry(stage, figures, target, met, note, extra=None) -> dict:
     return entry
 
 
-def rehearse(work: Path, built: dict, args) -> list:
-    """Every stage of issue 16 section 2, in order; -> JSON stage entries."""
+def group_of(entry: dict) -> str:
+    """The --stages group of a JSON entry (entries written before groups were recorded: by name)."""
+    if "group" in entry:
+        return entry["group"]
+    return next((group for prefix, group in GROUP_OF_PREFIX.items() if entry["stage"].startswith(prefix)), "")
+
+
+def rehearse(work: Path, built: dict, args, selected=STAGE_GROUPS) -> list:
+    """The stages of issue 16 section 2 in `selected` groups, in order; -> JSON stage entries."""
     counts = built["counts"]
     entries = []
     scratch = work / "run"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir()
+    features = scratch / "features"
+    readers = {"artifacts", "refinement", "feature_store"} & set(selected)
+    keep = features if "get_feature" not in selected and (scratch / FEATURES_DONE).is_file() else None
+    if readers and "get_feature" not in selected and keep is None:
+        raise ValueError(f"--stages {','.join(sorted(readers))} reads get_feature's output and {scratch} holds "
+                         f"none: add get_feature to --stages (and --keep-features to keep it for later runs)")
+    for item in (scratch.iterdir() if scratch.is_dir() else ()):
+        if keep is None or item not in (keep, scratch / FEATURES_DONE):
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+    scratch.mkdir(exist_ok=True)
+    group = ""
 
     def one(stage, arguments, target, check, note, copies=1, cold=()):
         if cold:
@@ -405,85 +430,131 @@ def rehearse(work: Path, built: dict, args) -> list:
         extra = {key: value for key, value in worst.items()
                  if key not in ("wall_s", "cpu_s", "peak_rss_mb", "disk_mb", "note", "rows")}
         extra["rss_above_imports_mb"] = round(above, 1)
+        extra["group"] = group
         met = check(worst, above) if check else None
         text = note + (f"; {worst['note']}" if worst.get("note") else "")
         if copies > 1:
             text = f"{copies} processes at once: wall of the slowest, CPU and disk summed; " + text
         entries.append(stage_entry(stage, figures, target, met, text, extra))
         for row in worst.get("rows", []):
-            entries.append(stage_entry(row["stage"], {**figures, **row}, row["target"], row["met"], row["note"]))
+            entries.append(stage_entry(row["stage"], {**figures, **row}, row["target"], row["met"], row["note"],
+                                       {"group": group}))
         return worst
 
     # 1. the split tool
-    one("split tool (4 subsets)", ["split", str(work / "ms1m"), str(scratch / "split")], "none set (159 s by hand)",
-        None, "our layout in, our layout out")
-    shutil.rmtree(scratch / "split", ignore_errors=True)
+    group = "split"
+    if group in selected:
+        one("split tool (4 subsets)", ["split", str(work / "ms1m"), str(scratch / "split")], "none set (159 s by hand)",
+            None, "our layout in, our layout out")
+        shutil.rmtree(scratch / "split", ignore_errors=True)
 
     # 2. dataset start-up, both layouts, 1 and 8 processes, warm and cold
+    folder, prefix = work / "ms1m", work / "prefix" / "train_part_70_class"
+
     def startup_check(limit):
         return lambda worst, above: bool(worst["wall_s"] <= limit and above <= 300)
 
-    folder, prefix = work / "ms1m", work / "prefix" / "train_part_70_class"
-    for copies in (1, RANKS):
-        for temperature in ("warm", "cold"):
-            cold = [folder] if temperature == "cold" else ()
-            one(f"start-up folder {counts['images']:,} rec, {copies} proc, {temperature}", ["startup", str(folder)],
-                "<= 10 s/process, <= 300 MB above imports", startup_check(10), "index + labels + checks + fingerprint",
-                copies, cold)
-    for label_cache in sorted(work.glob("prefix/.*labels*")) + sorted(work.glob("big/.*labels*")):
-        label_cache.unlink()
-    one(f"start-up prefix {counts['class70_images']:,} rec, {RANKS} proc, first start (no label cache), warm",
-        ["startup", str(prefix)], "<= 30 s/process, <= 300 MB above imports", startup_check(30),
-        "one process reads the labels in file order, 7 wait on its lock", RANKS)
-    for copies in (1, RANKS):
-        for temperature in ("warm", "cold"):
-            cold = [work / "prefix"] if temperature == "cold" else ()
-            one(f"start-up prefix {counts['class70_images']:,} rec, {copies} proc, {temperature}", ["startup", str(prefix)],
-                "<= 30 s/process, <= 300 MB above imports", startup_check(30), "label cache present", copies, cold)
-    if built.get("big_payload_rec"):
-        big = work / "big" / "train_part_70_class"
-        size_gb = folder_bytes(work / "big") / 1e9
-        one(f"start-up prefix, {size_gb:.1f} GB rec (8 KB payloads), {RANKS} proc, cold, first start",
-            ["startup", str(big)], "<= 30 s/process", startup_check(30),
-            "one sequential pass over the rec by one process; the others wait", RANKS, [work / "big"])
-        one(f"start-up prefix, {size_gb:.1f} GB rec, {RANKS} proc, cold, label cache present",
-            ["startup", str(big)], "<= 30 s/process", startup_check(30), "no rec read beyond 3 headers", RANKS,
-            [work / "big"])
+    group = "startup"
+    if group in selected:
+        for copies in (1, RANKS):
+            for temperature in ("warm", "cold"):
+                cold = [folder] if temperature == "cold" else ()
+                one(f"start-up folder {counts['images']:,} rec, {copies} proc, {temperature}", ["startup", str(folder)],
+                    "<= 10 s/process, <= 300 MB above imports", startup_check(10), "index + labels + checks + fingerprint",
+                    copies, cold)
+        for label_cache in sorted(work.glob("prefix/.*labels*")) + sorted(work.glob("big/.*labels*")):
+            label_cache.unlink()
+        one(f"start-up prefix {counts['class70_images']:,} rec, {RANKS} proc, first start (no label cache), warm",
+            ["startup", str(prefix)], "<= 30 s/process, <= 300 MB above imports", startup_check(30),
+            "one process reads the labels in file order, 7 wait on its lock", RANKS)
+        for copies in (1, RANKS):
+            for temperature in ("warm", "cold"):
+                cold = [work / "prefix"] if temperature == "cold" else ()
+                one(f"start-up prefix {counts['class70_images']:,} rec, {copies} proc, {temperature}", ["startup", str(prefix)],
+                    "<= 30 s/process, <= 300 MB above imports", startup_check(30), "label cache present", copies, cold)
+        if built.get("big_payload_rec"):
+            big = work / "big" / "train_part_70_class"
+            size_gb = folder_bytes(work / "big") / 1e9
+            one(f"start-up prefix, {size_gb:.1f} GB rec (8 KB payloads), {RANKS} proc, cold, first start",
+                ["startup", str(big)], "<= 30 s/process", startup_check(30),
+                "one sequential pass over the rec by one process; the others wait", RANKS, [work / "big"])
+            one(f"start-up prefix, {size_gb:.1f} GB rec, {RANKS} proc, cold, label cache present",
+                ["startup", str(big)], "<= 30 s/process", startup_check(30), "no rec read beyond 3 headers", RANKS,
+                [work / "big"])
 
     # 3. training: start-up to step 1, per-step overhead, Partial FC shard, checkpoint
-    one("training start-up to step 1 + per-step overhead (batch 128, rank 0 of 8)",
-        ["training", str(folder), str(args.train_steps)], "<= 5 ms/step outside backbone and head",
-        lambda worst, above: bool(worst["step_overhead_ms"] <= 5), "stub backbone; 2 loader workers")
-    one(f"Partial FC {counts['classes']:,} x 512 sharded on 8 ranks", ["partial_fc", str(counts["classes"])],
-        "none set", None, "largest shard with SGD momentum, one step")
-    one("checkpoint save + load, r50 + 93,431 x 512 head", ["checkpoint", str(scratch), str(counts["classes"])],
-        "<= 10 s each", lambda worst, above: bool(worst["save_s"] <= 10 and worst["load_s"] <= 10),
-        "wall = save + load")
+    group = "training"
+    if group in selected:
+        one("training start-up to step 1 + per-step overhead (batch 128, rank 0 of 8)",
+            ["training", str(folder), str(args.train_steps)], "<= 5 ms/step outside backbone and head",
+            lambda worst, above: bool(worst["step_overhead_ms"] <= 5), "stub backbone; 2 loader workers")
+    group = "partial_fc"
+    if group in selected:
+        one(f"Partial FC {counts['classes']:,} x 512 sharded on 8 ranks", ["partial_fc", str(counts["classes"])],
+            "none set", None, "largest shard with SGD momentum, one step")
+    group = "checkpoint"
+    if group in selected:
+        one("checkpoint save + load, r50 + 93,431 x 512 head", ["checkpoint", str(scratch), str(counts["classes"])],
+            "<= 10 s each", lambda worst, above: bool(worst["save_s"] <= 10 and worst["load_s"] <= 10),
+            "wall = save + load")
 
     # 4. get_feature write path; 5. artifact tools on what it wrote
-    features = scratch / "features"
-    one(f"get_feature.py write path {counts['class70_images']:,} x 512", ["get_feature", str(prefix), str(features)],
-        "memory flat in N", lambda worst, above: bool(above <= 300 + worst.get("labels_mb", 0)),
-        "stub backbone (no decode); real open_memmap/fallocate/publish/manifest code")
-    for tool in ("avg_feature", "credible", "class_meta"):
-        one(f"{tool} at {counts['class70_classes']:,} classes x 512", ["artifact", tool, str(features)],
-            "<= 10 s, peak RSS <= 2x input", lambda worst, above: bool(worst["wall_s"] <= 10 and worst["within_memory"]),
-            "the tool's main(), integrity checks included")
-    one("UniBCT prototype refinement (all classes)", ["refinement", str(features)], "<= 10 s",
-        lambda worst, above: bool(worst["wall_s"] <= 10), "new features = old + noise; all 8 ranks' work in one process")
-    one("old-feature store (open + 1,000 batches of 128)", ["feature_store", str(features)], "none set", None,
-        "ArrayStore with row normalisation, random rows")
-    shutil.rmtree(features, ignore_errors=True)
+    group = "get_feature"
+    if group in selected:
+        (scratch / FEATURES_DONE).unlink(missing_ok=True)
+        one(f"get_feature.py write path {counts['class70_images']:,} x 512", ["get_feature", str(prefix), str(features)],
+            "memory flat in N", lambda worst, above: bool(above <= 300 + worst.get("labels_mb", 0)),
+            "stub backbone (no decode); real open_memmap/fallocate/publish/manifest code")
+        (scratch / FEATURES_DONE).write_text("get_feature stage complete\n")
+    group = "artifacts"
+    if group in selected:
+        for tool in ("avg_feature", "credible", "class_meta"):
+            one(f"{tool} at {counts['class70_classes']:,} classes x 512", ["artifact", tool, str(features)],
+                "<= 10 s, peak RSS <= 2x input", lambda worst, above: bool(worst["wall_s"] <= 10 and worst["within_memory"]),
+                "the tool's main(), integrity checks included")
+    group = "refinement"
+    if group in selected:
+        one("UniBCT prototype refinement (all classes)", ["refinement", str(features)], "<= 10 s",
+            lambda worst, above: bool(worst["wall_s"] <= 10), "all 8 ranks' work in one process")
+    group = "feature_store"
+    if group in selected:
+        one("old-feature store (open + 1,000 batches of 128)", ["feature_store", str(features)], "none set", None,
+            "ArrayStore with row normalisation, random rows")
+    if not args.keep_features and (readers or "get_feature" in selected):
+        shutil.rmtree(features, ignore_errors=True)
+        (scratch / FEATURES_DONE).unlink(missing_ok=True)
 
     # 6. IJB-C
-    one("IJB-C protocol load + image fingerprint", ["ijbc_protocol", str(work / "ijbc")], "none set", None,
-        f"{counts['ijbc_images']:,} crops stat-ed")
-    one("IJB-C decode + alignment", ["ijbc_decode", str(work / "ijbc"), str(args.decode_crops)],
-        ">= 1,000 crops/s per core", lambda worst, above: bool(worst["crops_per_s"] >= 1000),
-        "one thread; read + decode + align + flip + normalise, network stubbed")
-    one("IJB-C evaluation after embedding", ["ijbc_eval", str(args.fraction)], "<= 10 s each",
-        lambda worst, above: bool(worst["max_part_s"] <= 10), "self and cross rows follow")
+    group = "ijbc_protocol"
+    if group in selected:
+        one("IJB-C protocol load + image fingerprint", ["ijbc_protocol", str(work / "ijbc")], "none set", None,
+            f"{counts['ijbc_images']:,} crops stat-ed")
+    group = "ijbc_decode"
+    if group in selected:
+        one("IJB-C decode + alignment", ["ijbc_decode", str(work / "ijbc"), str(args.decode_crops)],
+            ">= 1,000 crops/s per core", lambda worst, above: bool(worst["crops_per_s"] >= 1000),
+            "one thread; read + decode + align + flip + normalise, network stubbed")
+    group = "ijbc_eval"
+    if group in selected:
+        one("IJB-C evaluation after embedding", ["ijbc_eval", str(args.fraction)], "<= 10 s each",
+            lambda worst, above: bool(worst["max_part_s"] <= 10), "self and cross rows follow")
     return entries
+
+
+def merged_stages(previous_path: Path, fraction: float, measured: list, selected) -> list:
+    """The rows of a previous report at this fraction whose groups were not re-measured, with the
+    new rows, in stage order (a row keeps the date and load average it was measured at)."""
+    kept = []
+    if previous_path.is_file() and set(selected) != set(STAGE_GROUPS):
+        previous = json.loads(previous_path.read_text())
+        if previous.get("fraction") == fraction:
+            for entry in previous["stages"]:
+                entry.setdefault("date", previous.get("date"))
+                entry.setdefault("load_average", previous.get("load_average"))
+                if group_of(entry) not in selected:
+                    kept.append(entry)
+    order = {group: index for index, group in enumerate(STAGE_GROUPS)}
+    return sorted(kept + measured, key=lambda entry: order.get(group_of(entry), len(order)))
 
 
 def print_table(report: dict) -> None:
@@ -508,18 +579,31 @@ def main(argv=None) -> int:
     parser.add_argument("--no-big", action="store_true", help="skip the ~30 GB large-payload rec (cold prefix case)")
     parser.add_argument("--train-steps", type=int, default=50, help="steps timed for the per-step overhead")
     parser.add_argument("--decode-crops", type=int, default=2000, help="crops decoded for the throughput")
+    parser.add_argument("--stages", default=",".join(STAGE_GROUPS),
+                        help=f"comma-separated stage groups to (re-)measure, of: {', '.join(STAGE_GROUPS)} "
+                             f"(default all); the other rows of an existing {RESULT} are kept")
+    parser.add_argument("--keep-features", action="store_true",
+                        help="keep get_feature's 3.6M x 512 output under <work>/run for later --stages runs")
     args = parser.parse_args(argv)
     if not 0 < args.fraction <= 1:
         parser.error("--fraction must be in (0, 1]")
+    selected = tuple(group for group in STAGE_GROUPS if group in args.stages.split(","))
+    unknown = sorted(set(args.stages.split(",")) - set(STAGE_GROUPS))
+    if unknown or not selected:
+        parser.error(f"--stages {args.stages!r}: unknown group {unknown[0] if unknown else '(none given)'}; "
+                     f"choose from {', '.join(STAGE_GROUPS)}")
     work = args.work.resolve()
     built = build_data(work, args.fraction, big=not args.no_big)
     load_before = os.getloadavg()
     start = time.perf_counter()
-    stages = rehearse(work, built, args)
-    report = {"fraction": args.fraction, "machine": machine_description(),
-              "date": time.strftime("%Y-%m-%d %H:%M %Z"), "load_average": {"before": load_before,
-                                                                         "after": os.getloadavg()},
-              "build": built, "seconds": round(time.perf_counter() - start, 1), "stages": stages}
+    stages = rehearse(work, built, args, selected)
+    date = time.strftime("%Y-%m-%d %H:%M %Z")
+    load = {"before": load_before, "after": os.getloadavg()}
+    for entry in stages:
+        entry.update(date=date, load_average=load)
+    report = {"fraction": args.fraction, "machine": machine_description(), "date": date, "load_average": load,
+              "build": built, "seconds": round(time.perf_counter() - start, 1),
+              "stages": merged_stages(work / RESULT, args.fraction, stages, selected)}
     print_table(report)
     tmp = work / f".{RESULT}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(report, indent=1) + "\n")

@@ -2,22 +2,51 @@
 "Artifacts computed from the old model"): class prototypes (BCT, UniBCT), the credible mask
 (MixBCT) and the class meta (AdvBCT).
 
-Features may be a memory-mapped [N, d] array of millions of rows: every pass reads it in chunks
-(float64 arithmetic, memory flat) and groups rows by label whatever their order.
+Features may be a memory-mapped [N, d] array of millions of rows (or a VerifiedFeatures, whose
+first pass also checks the file's checksum): every pass reads it in order, converts `chunk_rows`
+rows at a time into one reused float64 buffer that stays in the CPU cache (float64 arithmetic,
+memory flat), and adds rows into per-class sums in row order whatever the label order, so the
+sums do not depend on the chunk size.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
 
-DEFAULT_CHUNK_ROWS = 1 << 15
+DEFAULT_CHUNK_ROWS = 1024     # x 512 x float64 = 4 MiB: a cache-sized buffer
 
 
 def _row_chunks(num_rows: int, chunk_rows: int) -> Iterator[slice]:
     for start in range(0, num_rows, chunk_rows):
         yield slice(start, min(start + chunk_rows, num_rows))
+
+
+def _float64_chunks(features, labels: np.ndarray, chunk_rows: Optional[int]
+                    ) -> Iterator[Tuple[slice, torch.Tensor, torch.Tensor]]:
+    """(rows, float64 copy [r, d], labels [r] int64) over every row in order. The copy is one
+    buffer reused for every chunk: consume it (transforms may work in place) before the next."""
+    chunk_rows = chunk_rows or DEFAULT_CHUNK_ROWS
+    if hasattr(features, "row_blocks"):      # VerifiedFeatures: large blocks, verified while read
+        blocks = features.row_blocks(max(chunk_rows, 1 << 15))
+    else:
+        blocks = ((rows, features[rows]) for rows in _row_chunks(features.shape[0], chunk_rows))
+    buffer = torch.empty(min(chunk_rows, max(1, features.shape[0])), features.shape[1], dtype=torch.float64)
+    threads = torch.get_num_threads()
+    # one thread: the per-chunk ops are small and memory-bound (index_add_ adds row by row), and
+    # intra-op threads only add synchronisation, which costs 2-4x on a busy machine (and the
+    # verifying reader hashes on another core meanwhile)
+    torch.set_num_threads(1)
+    try:
+        for block_rows, block in blocks:
+            for part in _row_chunks(len(block), chunk_rows):
+                rows = slice(block_rows.start + part.start, block_rows.start + part.stop)
+                copy = buffer[: part.stop - part.start]
+                copy.numpy()[...] = block[part]         # read-only maps: numpy casts into the buffer
+                yield rows, copy, torch.from_numpy(np.ascontiguousarray(labels[rows], dtype=np.int64))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _safe_norm(tensor: torch.Tensor, dim: int) -> torch.Tensor:
@@ -31,7 +60,7 @@ def l2_normalise_rows(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _normalise_rows_(block: torch.Tensor) -> torch.Tensor:
-    """In place, for the private float64 copies made by _chunk."""
+    """In place, for the float64 copies made by _float64_chunks."""
     return block.div_(_safe_norm(block, dim=1))
 
 
@@ -54,34 +83,31 @@ def _check_rows(features, labels: np.ndarray) -> None:
                          f"{len(labels)} labels")
 
 
-def _chunk(features, labels: np.ndarray, rows: slice):
-    # np.array copies: transforms may work in place without touching the (mapped) features
-    block = torch.from_numpy(np.array(features[rows], dtype=np.float64))
-    return block, torch.from_numpy(np.ascontiguousarray(labels[rows], dtype=np.int64))
-
-
 def class_sums(features, labels: np.ndarray, num_classes: int,
                transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-               chunk_rows: int = DEFAULT_CHUNK_ROWS) -> torch.Tensor:
-    """Per-class sum of (transformed) feature rows, [C, d] float64."""
+               chunk_rows: Optional[int] = DEFAULT_CHUNK_ROWS,
+               column_squares: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-class sum of (transformed) feature rows, [C, d] float64; `column_squares` ([d] float64),
+    when given, also receives the sum over all rows of each transformed column squared."""
     _check_rows(features, labels)
     sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64)
-    for rows in _row_chunks(len(labels), chunk_rows):
-        block, block_labels = _chunk(features, labels, rows)
-        sums.index_add_(0, block_labels, transform(block) if transform else block)
+    for _, block, block_labels in _float64_chunks(features, labels, chunk_rows):
+        block = transform(block) if transform else block
+        sums.index_add_(0, block_labels, block)
+        if column_squares is not None:
+            column_squares += block.square().sum(dim=0)
     return sums
 
 
-def _class_means(features, labels, counts, transform, chunk_rows) -> torch.Tensor:
-    sums = class_sums(features, labels, len(counts), transform, chunk_rows)
+def _class_means(features, labels, counts, transform, chunk_rows, column_squares=None) -> torch.Tensor:
+    sums = class_sums(features, labels, len(counts), transform, chunk_rows, column_squares)
     return sums / torch.from_numpy(np.maximum(counts, 1)).to(torch.float64)[:, None]
 
 
 def _distances_to_class_means(features, labels, means, transform, chunk_rows) -> np.ndarray:
     """Euclidean distance of each transformed row to the mean of its class, [N] float64."""
     distances = np.empty(len(labels), dtype=np.float64)
-    for rows in _row_chunks(len(labels), chunk_rows):
-        block, block_labels = _chunk(features, labels, rows)
+    for rows, block, block_labels in _float64_chunks(features, labels, chunk_rows):
         distances[rows] = transform(block).sub_(means[block_labels]).norm(dim=1).numpy()
     return distances
 
@@ -97,7 +123,7 @@ def sort_within_classes(values: np.ndarray, labels: np.ndarray, counts: np.ndarr
 
 
 def class_prototypes(features, labels: np.ndarray, num_classes: int,
-                     chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:
+                     chunk_rows: Optional[int] = DEFAULT_CHUNK_ROWS) -> np.ndarray:
     """Per class, the mean of its raw old features, L2-normalised: [C, d] float32."""
     labels = np.asarray(labels)
     counts = class_counts(labels, num_classes)
@@ -109,33 +135,31 @@ def class_prototypes(features, labels: np.ndarray, num_classes: int,
     return l2_normalise_rows(means).to(torch.float32).numpy()
 
 
-def _column_norms_after_row_normalisation(features, chunk_rows: int) -> torch.Tensor:
-    squares = torch.zeros(features.shape[1], dtype=torch.float64)
-    for rows in _row_chunks(features.shape[0], chunk_rows):
-        block = torch.from_numpy(np.array(features[rows], dtype=np.float64))
-        squares += _normalise_rows_(block).square_().sum(dim=0)
-    norms = squares.sqrt()
-    return torch.where(norms == 0, torch.ones_like(norms), norms)
-
-
 def credible_distances(features, labels: np.ndarray, num_classes: int,
-                       chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:
+                       chunk_rows: Optional[int] = DEFAULT_CHUNK_ROWS) -> np.ndarray:
     """Distance of each row to its class mean after the reference's normalisation: rows to unit
-    length, then each column to unit length over all samples (a per-dimension rescaling)."""
+    length, then each column to unit length over all samples (a per-dimension rescaling).
+
+    Two passes: the column rescaling is one factor per column, so the class mean of the rescaled
+    rows is the class mean of the unit rows rescaled; the first pass sums both the unit rows per
+    class and their squared columns, the second measures the distances."""
     labels = np.asarray(labels)
     _check_rows(features, labels)
     counts = class_counts(labels, num_classes)
-    column_norms = _column_norms_after_row_normalisation(features, chunk_rows)
+    squares = torch.zeros(features.shape[1], dtype=torch.float64)
+    unit_means = _class_means(features, labels, counts, _normalise_rows_, chunk_rows, squares)
+    norms = squares.sqrt()
+    column_norms = torch.where(norms == 0, torch.ones_like(norms), norms)
+    means = unit_means / column_norms
 
     def normalise(block: torch.Tensor) -> torch.Tensor:
         return _normalise_rows_(block).div_(column_norms)
 
-    means = _class_means(features, labels, counts, normalise, chunk_rows)
     return _distances_to_class_means(features, labels, means, normalise, chunk_rows)
 
 
 def credible_mask(features, labels: np.ndarray, threshold: float, num_classes: int,
-                  chunk_rows: int = DEFAULT_CHUNK_ROWS) -> np.ndarray:
+                  chunk_rows: Optional[int] = DEFAULT_CHUNK_ROWS) -> np.ndarray:
     """MixBCT denoising: per class, the ceil(T * n_c) rows nearest the class mean are credible.
     Returns uint8 [N] (1 credible, 0 not); ties keep the lower dataset index."""
     if not 0.0 <= threshold <= 1.0:
@@ -152,7 +176,7 @@ def credible_mask(features, labels: np.ndarray, threshold: float, num_classes: i
 
 
 def class_meta(features, labels: np.ndarray, num_classes: int,
-               chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Dict[str, np.ndarray]:
+               chunk_rows: Optional[int] = DEFAULT_CHUNK_ROWS) -> Dict[str, np.ndarray]:
     """AdvBCT class meta: center = mean of L2-normalised rows (not re-normalised); radius = the
     largest member distance to the centre after dropping 1.5-IQR outliers (classes with >= 4
     members); valid = more than one radius kept. Empty classes: zeros and valid False."""

@@ -276,16 +276,24 @@ def check_labels_content(labels: np.ndarray, labels_path, dataset_fingerprint: O
                                f"({_dataset_name(dataset_fingerprint)}) has {expected[:12]}")
 
 
+def missing_checksum_error(array_path, manifest: Mapping) -> ArtifactMismatch:
+    return ArtifactMismatch(f"{array_path}: its manifest records no content checksum (written before "
+                            f"checksums were kept): rebuild it with {manifest.get('tool') or 'its tool'}")
+
+
+def content_mismatch_error(array_path, found: str, recorded: str) -> ArtifactMismatch:
+    return ArtifactMismatch(f"{array_path} no longer matches its manifest (content sha256 {found[:12]}, "
+                            f"manifest {str(recorded)[:12]}): it was modified or replaced after it was written")
+
+
 def check_content(array_path, manifest: Mapping) -> None:
     """The file's bytes must be the ones its manifest was written for."""
     recorded = manifest.get("content_sha256")
     if not recorded:
-        raise ArtifactMismatch(f"{array_path}: its manifest records no content checksum (written before "
-                               f"checksums were kept): rebuild it with {manifest.get('tool') or 'its tool'}")
+        raise missing_checksum_error(array_path, manifest)
     found = content_sha256(array_path)
     if found != recorded:
-        raise ArtifactMismatch(f"{array_path} no longer matches its manifest (content sha256 {found[:12]}, "
-                               f"manifest {str(recorded)[:12]}): it was modified or replaced after it was written")
+        raise content_mismatch_error(array_path, found, recorded)
 
 
 def check_artifact(array_path, kind: str, dataset_fingerprint: Optional[Mapping],
@@ -368,18 +376,22 @@ def scenario_parser(description: str) -> argparse.ArgumentParser:
                              "output (default: the scenario folder under feature_save/)")
     parser.add_argument("--data", default=None, metavar="REC_DIR",
                         help="also check the features against this rec folder's fingerprint")
-    parser.add_argument("--chunk-rows", type=int, default=1 << 15,
-                        help="feature rows processed at a time (memory stays flat)")
+    parser.add_argument("--chunk-rows", type=int, default=None,
+                        help="feature rows converted to float64 at a time (default 1024: memory stays "
+                             "flat and the copy stays in the CPU cache)")
     return parser
 
 
-def load_old_features(sd_name: str, folder, dataset_fingerprint: Optional[Mapping] = None):
+def load_old_features(sd_name: str, folder, dataset_fingerprint: Optional[Mapping] = None,
+                      verify_content: bool = True):
     """Memory-map <SD>_feature.npy and load <SD>_label.npy after checking both manifests against
-    each other (and against `dataset_fingerprint` when given).
+    each other (and against `dataset_fingerprint` when given). verify_content=False leaves the
+    feature file's checksum to the caller (derive_artifact verifies it while computing).
 
     Returns (features [N, d] memmap, labels [N] int64, feature manifest, num_classes)."""
     paths = artifact_paths(sd_name, folder)
-    feature_manifest = check_artifact(paths[OLD_FEATURES], OLD_FEATURES, dataset_fingerprint)
+    feature_manifest = check_artifact(paths[OLD_FEATURES], OLD_FEATURES, dataset_fingerprint,
+                                      verify_content=verify_content)
     fingerprint = dataset_fingerprint or feature_manifest.get("dataset")
     rows = feature_manifest["shape"][0]
     check_artifact(paths[OLD_LABELS], OLD_LABELS, fingerprint, expected_rows=rows)
@@ -390,15 +402,15 @@ def load_old_features(sd_name: str, folder, dataset_fingerprint: Optional[Mappin
     return features, labels, feature_manifest, int(num_classes)
 
 
-def open_scenario(args: argparse.Namespace):
+def open_scenario(args: argparse.Namespace, verify_content: bool = True):
     """Resolve the folder of --SD and load its features: (folder, features, labels, manifest,
-    num_classes), checking against --data when given."""
+    num_classes), checking against --data when given (verify_content: as load_old_features)."""
     folder = scenario_dir(args.SD, FEATURE_ROOT, args.out)
     fingerprint = None
     if args.data is not None:
         from utils.data.datasets import FaceRecDataset
         fingerprint = FaceRecDataset(args.data, flip=False).fingerprint()
-    features, labels, manifest, num_classes = load_old_features(args.SD, folder, fingerprint)
+    features, labels, manifest, num_classes = load_old_features(args.SD, folder, fingerprint, verify_content)
     print(f"{args.SD}: {features.shape[0]} old features of size {features.shape[1]} "
           f"({features.dtype}), {num_classes} classes, from {folder}", flush=True)
     return folder, features, labels, manifest, num_classes
@@ -432,9 +444,15 @@ def derive_artifact(args: argparse.Namespace, kind: str, tool: str, compute: Cal
 
 
 def _derive_into(args, kind: str, tool: str, compute: Callable, output: Path, main_array: Optional[str]) -> Path:
-    folder, features, labels, feature_manifest, num_classes = open_scenario(args)
+    from utils.artifacts.verified_features import VerifiedFeatures
+    folder, _, labels, feature_manifest, num_classes = open_scenario(args, verify_content=False)
+    # the feature file's checksum is verified by the first pass compute() makes over its rows
+    features = VerifiedFeatures(artifact_paths(args.SD, folder)[OLD_FEATURES], feature_manifest)
     start = time.time()
     result, extra, summary = compute(features, labels, num_classes, args)
+    if not features.verified:
+        raise RuntimeError(f"{tool}: computed without reading every row of {features.path}: "
+                           f"its content was not verified, nothing written")
     fields = derived_manifest_fields(kind, tool, args, artifact_paths(args.SD, folder)[OLD_FEATURES],
                                      feature_manifest, extra)
     if isinstance(result, Mapping):

@@ -41,7 +41,13 @@ def content_sha256(path, block_bytes: int = CONTENT_BLOCK_BYTES, threads: Option
             digests = list(pool.map(block_digest, range(0, size, block_bytes)))
     finally:
         os.close(descriptor)
+    return tree_top_digest(digests, block_bytes, size)
+
+
+def tree_top_digest(block_digests, block_bytes: int, size: int) -> str:
+    """content_sha256's top level: sha256 over a header naming the block size and file size, then
+    the sha256 digest of each block in file order (readers that hash blocks themselves use it)."""
     top = hashlib.sha256(f"sha256-blocks:{block_bytes}:{size}:".encode())
-    for digest in digests:
+    for digest in block_digests:
         top.update(digest)
     return top.hexdigest()

@@ -33,11 +33,14 @@ from BCT_methods.BCT.train import BCTMethod  # noqa: E402
 from losses.compatibility import check_method_artifact, old_feature_store  # noqa: E402
 from utils.training.distributed import get_rank, get_world_size  # noqa: E402
 from utils.common.logging_utils import LOGGER_NAME  # noqa: E402
+from utils.common.torch_threads import single_torch_thread  # noqa: E402
 from utils.training.schedulers import StepDecayFactor  # noqa: E402
 
 logger = logging.getLogger(LOGGER_NAME)
 # images whose new features are extracted (by all ranks) and refined at a time: memory stays flat
 REFINE_CHUNK_IMAGES = 1 << 17
+# rows summed in float64 at a time
+REFINE_SUM_ROWS = 4096
 def refine_class_prototypes(old_features: torch.Tensor, new_features: torch.Tensor, labels: torch.Tensor,
                             tau: float, lam: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """Refined prototype of every class present in `labels` (rows of the two feature tensors),
@@ -55,11 +58,22 @@ def refine_class_prototypes(old_features: torch.Tensor, new_features: torch.Tens
                          f"{len(labels)} labels must describe the same images")
     if lam == 1:
         raise ValueError("UniBCT lambda = 1 makes I - lambda E singular (every column of E sums to 1)")
-    class_ids, rows_of = torch.unique(labels, return_inverse=True)
-    sums = torch.zeros(len(class_ids), old_features.shape[1], dtype=torch.float64, device=old_features.device)
-    sums.index_add_(0, rows_of, old_features.to(torch.float64))
-    counts = torch.bincount(rows_of, minlength=len(class_ids)).to(torch.float64)
-    return class_ids, (sums / counts[:, None]).to(old_features.dtype)
+    device = old_features.device
+    if len(labels) == 0:
+        return labels.new_empty(0), old_features.new_empty(0, old_features.shape[1])
+    # callers pass runs of whole classes: a dense range of class ids, no sort needed
+    lowest = labels.min()
+    offsets = (labels - lowest).to(device)
+    span = int(offsets.max()) + 1
+    sums = torch.zeros(span, old_features.shape[1], dtype=torch.float64, device=device)
+    with single_torch_thread(device):
+        for start in range(0, len(labels), REFINE_SUM_ROWS):      # float64 copies stay cache-sized
+            rows = slice(start, start + REFINE_SUM_ROWS)
+            sums.index_add_(0, offsets[rows], old_features[rows].to(torch.float64))
+    counts = torch.bincount(offsets, minlength=span)
+    present = torch.nonzero(counts).squeeze(1)
+    prototypes = sums[present] / counts[present, None].to(torch.float64)
+    return present + lowest.to(device), prototypes.to(old_features.dtype)
 
 
 def classes_of_rank(class_sizes: np.ndarray, rank: int, world_size: int) -> np.ndarray:

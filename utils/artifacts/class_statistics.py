@@ -15,6 +15,8 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
+from utils.common.torch_threads import single_torch_thread
+
 DEFAULT_CHUNK_ROWS = 1024     # x 512 x float64 = 4 MiB: a cache-sized buffer
 
 
@@ -33,20 +35,15 @@ def _float64_chunks(features, labels: np.ndarray, chunk_rows: Optional[int]
     else:
         blocks = ((rows, features[rows]) for rows in _row_chunks(features.shape[0], chunk_rows))
     buffer = torch.empty(min(chunk_rows, max(1, features.shape[0])), features.shape[1], dtype=torch.float64)
-    threads = torch.get_num_threads()
-    # one thread: the per-chunk ops are small and memory-bound (index_add_ adds row by row), and
-    # intra-op threads only add synchronisation, which costs 2-4x on a busy machine (and the
-    # verifying reader hashes on another core meanwhile)
-    torch.set_num_threads(1)
-    try:
+    # one thread (the consumer's ops run inside it too): see single_torch_thread; the verifying
+    # reader hashes on another core meanwhile
+    with single_torch_thread():
         for block_rows, block in blocks:
             for part in _row_chunks(len(block), chunk_rows):
                 rows = slice(block_rows.start + part.start, block_rows.start + part.stop)
                 copy = buffer[: part.stop - part.start]
                 copy.numpy()[...] = block[part]         # read-only maps: numpy casts into the buffer
                 yield rows, copy, torch.from_numpy(np.ascontiguousarray(labels[rows], dtype=np.int64))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _safe_norm(tensor: torch.Tensor, dim: int) -> torch.Tensor:

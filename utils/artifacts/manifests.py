@@ -24,6 +24,7 @@ import numpy as np
 
 from utils.common.atomic_files import WriteError, atomic_write_text, describe_os_error, write_temporary
 from utils.common.checksums import content_sha256, file_sha256
+from utils.common.verified_stamp import is_stamped, stamp
 from utils.common.cli import StrictArgumentParser
 from utils.common.config import REPO_ROOT
 from utils.common.output_lock import lock_files
@@ -291,9 +292,12 @@ def check_content(array_path, manifest: Mapping) -> None:
     recorded = manifest.get("content_sha256")
     if not recorded:
         raise missing_checksum_error(array_path, manifest)
+    if is_stamped(array_path, recorded):      # verified before and unchanged since
+        return
     found = content_sha256(array_path)
     if found != recorded:
         raise content_mismatch_error(array_path, found, recorded)
+    stamp(array_path, found)
 
 
 def check_artifact(array_path, kind: str, dataset_fingerprint: Optional[Mapping],

@@ -13,7 +13,7 @@ import pytest
 from tools.benchmark.scale_rehearsal import long_tail_sizes
 from utils.data import label_cache
 from utils.data.face_rec import FaceRecIndex
-from utils.data.recordio import MAGIC_BYTES, IRHeader, RecordIOReader, RecordIOWriter, increasing_unique, pack
+from utils.data.recordio import MAGIC_BYTES, IRHeader, RecordIOError, RecordIOReader, RecordIOWriter, increasing_unique, pack, unpack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECTION_2_STAGES = ["split tool", "start-up folder", "start-up prefix", "training start-up", "Partial FC",
@@ -167,3 +167,30 @@ def test_small_sets_leave_no_cache_file(tmp_path):
     labels = label_cache.cached_labels(idx, 10, 3, lambda: np.array([0, 1, 1]))
     assert labels.tolist() == [0, 1, 1]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["small.idx"]
+
+
+@pytest.mark.parametrize("keys", [[5, 1, 2, 3, 4, 0],                 # our layout: header record 0 last
+                                  [0, 1, 2, 3, 4, 5],                 # the reference prefix layout
+                                  [7, 10 ** 9, 3, 2 ** 40, 11, -4]])  # sparse: the sorted-copy lookup
+def test_key_lookup_equals_the_idx_lines(tmp_path, keys):
+    """The dense key table (and the sorted fallback) answer like a dict built from the .idx."""
+    with RecordIOWriter(tmp_path / "a.rec", tmp_path / "a.idx") as writer:
+        for key in keys:
+            writer.write_idx(key, pack(IRHeader(0, float(key), abs(key), 0), b"x" * (key % 5)))
+    expected = dict(line.split("\t") for line in (tmp_path / "a.idx").read_text().splitlines())
+    expected = {int(key): int(offset) for key, offset in expected.items()}
+    reader = RecordIOReader(tmp_path / "a.rec", tmp_path / "a.idx")
+    for key, offset in expected.items():
+        assert key in reader and reader.offset_of(key) == offset
+        assert unpack(reader.read_idx(key))[0].label == float(key)
+    ordered = sorted(expected)
+    assert reader.offsets_of(np.array(ordered)).tolist() == [expected[key] for key in ordered]
+    consecutive = np.array(keys[1:4])        # consecutive .idx lines: a read-only view of the index
+    found = reader.offsets_of(consecutive)
+    assert found.tolist() == [expected[key] for key in keys[1:4]]
+    for missing in (6, -1, 2 ** 41, 12):
+        assert missing not in reader
+        with pytest.raises(RecordIOError, match=f"unknown key {missing}"):
+            reader.offset_of(missing)
+        with pytest.raises(RecordIOError, match=f"unknown key {missing}"):
+            reader.offsets_of(np.array([keys[0], missing]))

@@ -267,10 +267,48 @@ class RecordIOReader:
                 raise RecordIOError(f"{self.idx_path} line {line + 1}: offset {int(self._offsets[line])} of key "
                                     f"{int(self._keys[line])} is past the end of {self.rec_path} "
                                     f"({self.file_size} bytes)")
+        # Record starts in file order: a record is at most as long as the gap to the next one. The
+        # offsets become a view of that array when they are already in file order (the usual case):
+        # one 8-byte column per record instead of two.
+        starts = np.empty(len(self._offsets) + 1, dtype=np.int64)
+        starts[:-1], starts[-1] = self._offsets, self.file_size
+        self._record_starts = increasing_unique(starts)
+        if self._record_starts is starts:
+            self._offsets = starts[:-1]
+        del starts
+        self._build_key_lookup()
+
+    def _build_key_lookup(self) -> None:
+        """Key -> .idx line. Keys that fill a range at least half densely (every writer numbers
+        records 0..N) get a direct table: one int32 per key, a gather per lookup; others a sorted
+        copy and its order (two int64 columns, a binary search per lookup)."""
+        self._first_key, self._line_of_key = 0, None
+        self._key_order = self._sorted_keys = None
+        if len(self._keys):
+            first, last = int(self._keys.min()), int(self._keys.max())
+            if last - first + 1 <= 2 * len(self._keys) + 1024 and len(self._keys) < 2 ** 31 - 1:
+                self._first_key = first
+                self._line_of_key = np.full(last - first + 1, -1, dtype=np.int32)
+                self._line_of_key[self._keys - first] = np.arange(len(self._keys), dtype=np.int32)
+                return
         self._key_order = np.argsort(self._keys, kind="stable")
         self._sorted_keys = self._keys[self._key_order]
-        # Record starts in file order: a record is at most as long as the gap to the next one.
-        self._record_starts = increasing_unique(np.append(self._offsets, self.file_size))
+
+    def _lines_of(self, keys: np.ndarray) -> np.ndarray:
+        """.idx line of each key (int array), -1 where the key is not in the index."""
+        keys = np.asarray(keys, dtype=np.int64)
+        if self._line_of_key is not None:
+            relative = keys - self._first_key
+            if not relative.size or (relative.min() >= 0 and relative.max() < len(self._line_of_key)):
+                return self._line_of_key[relative]           # the usual case: no copy of the mask
+            inside = (relative >= 0) & (relative < len(self._line_of_key))
+            lines = np.full(keys.shape, -1, dtype=np.int64)
+            lines[inside] = self._line_of_key[relative[inside]]
+            return lines
+        if not len(self._sorted_keys):
+            return np.full(keys.shape, -1, dtype=np.int64)
+        positions = np.minimum(np.searchsorted(self._sorted_keys, keys), len(self._sorted_keys) - 1)
+        return np.where(self._sorted_keys[positions] == keys, self._key_order[positions], -1)
 
     # ---- file handle, reopened after a fork -----------------------------------------------------
     def _descriptor(self) -> int:
@@ -316,23 +354,27 @@ class RecordIOReader:
     def offset_of(self, key: int) -> int:
         if self.idx_path is None:
             raise RecordIOError(f"{self.rec_path}: no .idx file was given, cannot look up key {key}")
-        position = int(np.searchsorted(self._sorted_keys, key))
-        if position == len(self._sorted_keys) or self._sorted_keys[position] != key:
+        line = int(self._lines_of(np.array([key]))[0])
+        if line < 0:
             raise RecordIOError(f"{self.idx_path}: unknown key {key}")
-        return int(self._offsets[self._key_order[position]])
+        return int(self._offsets[line])
 
     def offsets_of(self, keys) -> np.ndarray:
-        """Vectorised `offset_of` for an int array of keys."""
-        keys = np.asarray(keys, dtype=np.int64)
-        positions = np.minimum(np.searchsorted(self._sorted_keys, keys), max(len(self._sorted_keys) - 1, 0))
-        missing = np.flatnonzero(self._sorted_keys[positions] != keys) if len(self._sorted_keys) else np.arange(keys.size)
+        """Vectorised `offset_of` for an int array of keys (a read-only view of the index's offsets
+        when the keys are consecutive lines of it, as the image keys 1..N are)."""
+        lines = self._lines_of(keys)
+        missing = np.flatnonzero(lines < 0)
         if missing.size:
-            raise RecordIOError(f"{self.idx_path}: unknown key {int(keys[missing[0]])}")
-        return self._offsets[self._key_order[positions]]
+            raise RecordIOError(f"{self.idx_path}: unknown key {int(np.asarray(keys).ravel()[missing[0]])}")
+        if lines.ndim == 1 and len(lines) > 1 and lines[-1] - lines[0] == len(lines) - 1 \
+                and bool(np.all(np.diff(lines) == 1)):
+            view = self._offsets[lines[0]:lines[-1] + 1]
+            view.flags.writeable = False
+            return view
+        return self._offsets[lines]
 
     def __contains__(self, key: int) -> bool:
-        position = int(np.searchsorted(self._sorted_keys, key))
-        return position < len(self._sorted_keys) and self._sorted_keys[position] == key
+        return bool(self._lines_of(np.array([key]))[0] >= 0)
 
     def __len__(self) -> int:
         return len(self._keys)

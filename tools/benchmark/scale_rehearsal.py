@@ -503,7 +503,8 @@ def rehearse(work: Path, built: dict, args, selected=STAGE_GROUPS) -> list:
     if group in selected:
         (scratch / FEATURES_DONE).unlink(missing_ok=True)
         one(f"get_feature.py write path {counts['class70_images']:,} x 512", ["get_feature", str(prefix), str(features)],
-            "memory flat in N", lambda worst, above: bool(above <= 300 + worst.get("labels_mb", 0)),
+            "memory flat in N (anonymous memory <= 300 MB + labels)",
+            lambda worst, above: bool(worst["anonymous_peak_mb"] <= 300 + worst.get("labels_mb", 0)),
             "stub backbone (no decode); real open_memmap/fallocate/publish/manifest code")
         (scratch / FEATURES_DONE).write_text("get_feature stage complete\n")
     group = "artifacts"

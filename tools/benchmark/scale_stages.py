@@ -38,6 +38,39 @@ def rss_mb() -> float:
     return 0.0
 
 
+def anonymous_mb() -> float:
+    """This process's anonymous memory (heap, arrays; not the pages of mapped files, which RSS also
+    counts), the `Anonymous:` line of /proc/self/smaps_rollup."""
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("Anonymous:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class AnonymousPeak:
+    """The largest anonymous memory of this process while the block runs, sampled every 0.2 s by
+    a thread (a peak shorter than that can be missed), minus the value at its start."""
+
+    def __enter__(self):
+        import threading
+        self.start = anonymous_mb()
+        self.peak, self._stop = self.start, threading.Event()
+
+        def sample():
+            while not self._stop.wait(0.2):
+                self.peak = max(self.peak, anonymous_mb())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, anonymous_mb())
+        self.grown_mb = self.peak - self.start
+
+
 class Clock:
     """Wall and process-CPU seconds of a block."""
 
@@ -208,13 +241,16 @@ def stage_get_feature(location, out):
     cfg = argparse.Namespace(network="r50", embedding_size=512)
     paths = artifact_paths(SD_NAME, out)
     partial = out / f".partial-{os.getpid()}.npy"
-    with Clock() as clock:
+    with Clock() as clock, AnonymousPeak() as anonymous:
         get_feature._embed_and_publish(args, cfg, 0, 1, torch.device("cpu"), Path(location), out, model_path,
                                        dataset, backbone, paths, partial)
     model_path.unlink()
     return {"wall_s": clock.wall, "cpu_s": clock.cpu, "disk_mb": folder_bytes(out) / 1e6,
-            "labels_mb": dataset.labels.nbytes / 1e6,
-            "note": f"{len(dataset):,} rows through the DataLoader, batch 1000"}
+            "labels_mb": dataset.labels.nbytes / 1e6, "anonymous_peak_mb": anonymous.grown_mb,
+            "note": f"{len(dataset):,} rows through the DataLoader, batch 1000; anonymous memory (smaps_rollup "
+                    f"Anonymous, sampled every 0.2 s) grew by at most {anonymous.grown_mb:.0f} MB during the write "
+                    f"path: peak RSS also counts the pages of the memory-mapped output file, which the kernel "
+                    f"writes back and drops"}
 
 
 # ---- 5. artifact tools -------------------------------------------------------------------------

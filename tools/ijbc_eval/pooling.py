@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from utils.common.torch_threads import single_torch_thread
+
 DEFAULT_VARIANT = "N0D1F1"
 LOOKUP_TABLE_LIMIT = 1 << 26
 POOLING_CHUNK_ROWS = 1 << 15
@@ -81,11 +83,12 @@ def template_features(embeddings: np.ndarray, flip_embeddings: np.ndarray, facen
     scale = torch.from_numpy((weights * faceness if variant.faceness_weight else weights).astype(np.float32))
     unweighted = dataclasses.replace(variant, faceness_weight=False)
     template_sums = torch.zeros(len(template_ids), np.shape(embeddings)[1], dtype=torch.float32)
-    for start in range(0, len(template_of_image), chunk_rows):
-        rows = slice(start, start + chunk_rows)
-        features = image_features(embeddings[rows], flip_embeddings[rows], faceness[rows], unweighted)
-        features.mul_(scale[rows, None])
-        template_sums.index_add_(0, torch.from_numpy(template_of_image[rows]), features)
+    with single_torch_thread():      # row-by-row index_add_ on chunks: threads only synchronise
+        for start in range(0, len(template_of_image), chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            features = image_features(embeddings[rows], flip_embeddings[rows], faceness[rows], unweighted)
+            features.mul_(scale[rows, None])
+            template_sums.index_add_(0, torch.from_numpy(template_of_image[rows]), features)
     return template_ids, F.normalize(template_sums, dim=1)
 
 

@@ -543,16 +543,17 @@ def rehearse(work: Path, built: dict, args, selected=STAGE_GROUPS) -> list:
 
 
 def merged_stages(previous_path: Path, fraction: float, measured: list, selected) -> list:
-    """The rows of a previous report at this fraction whose groups were not re-measured, with the
-    new rows, in stage order (a row keeps the date and load average it was measured at)."""
-    kept = []
+    """The rows of a previous report at this fraction that were not re-measured (other groups, or
+    a row of a re-measured group this run did not produce, e.g. data no longer under --work), with
+    the new rows, in stage order (a row keeps the date and load average it was measured at)."""
+    kept, measured_names = [], {entry["stage"] for entry in measured}
     if previous_path.is_file() and set(selected) != set(STAGE_GROUPS):
         previous = json.loads(previous_path.read_text())
         if previous.get("fraction") == fraction:
             for entry in previous["stages"]:
                 entry.setdefault("date", previous.get("date"))
                 entry.setdefault("load_average", previous.get("load_average"))
-                if group_of(entry) not in selected:
+                if group_of(entry) not in selected or entry["stage"] not in measured_names:
                     kept.append(entry)
     order = {group: index for index, group in enumerate(STAGE_GROUPS)}
     return sorted(kept + measured, key=lambda entry: order.get(group_of(entry), len(order)))

@@ -194,3 +194,25 @@ def test_key_lookup_equals_the_idx_lines(tmp_path, keys):
             reader.offset_of(missing)
         with pytest.raises(RecordIOError, match=f"unknown key {missing}"):
             reader.offsets_of(np.array([keys[0], missing]))
+
+
+def test_stages_rerun_replaces_its_rows_and_keeps_the_others(tmp_path):
+    """--stages: re-measured rows replace theirs (by name), rows of other groups and rows a group
+    did not produce this time stay with their own date, and the table keeps the stage order."""
+    from tools.benchmark.scale_rehearsal import merged_stages
+    previous = {"fraction": 1.0, "date": "then", "load_average": {"before": [5.0], "after": [6.0]}, "stages": [
+        {"stage": "split tool (4 subsets)", "wall_s": 1.0},                      # no group field: by name
+        {"stage": "start-up folder 8 proc", "wall_s": 18.0, "group": "startup"},
+        {"stage": "start-up prefix, 29.7 GB rec", "wall_s": 38.0, "group": "startup"},
+        {"stage": "avg_feature at 65,402 classes", "wall_s": 37.0},
+        {"stage": "IJB-C evaluation self 1:1", "wall_s": 12.0, "group": "ijbc_eval"}]}
+    path = tmp_path / "scale_rehearsal.json"
+    path.write_text(json.dumps(previous))
+    measured = [{"stage": "avg_feature at 65,402 classes", "wall_s": 6.0, "group": "artifacts", "date": "now"},
+                {"stage": "start-up folder 8 proc", "wall_s": 8.0, "group": "startup", "date": "now"}]
+    rows = merged_stages(path, 1.0, measured, ("startup", "artifacts"))
+    assert [(row["stage"].split()[0], row["wall_s"]) for row in rows] == [
+        ("split", 1.0), ("start-up", 8.0), ("start-up", 38.0), ("avg_feature", 6.0), ("IJB-C", 12.0)]
+    assert rows[2]["date"] == "then" and rows[2]["load_average"]["before"] == [5.0]
+    # another fraction: nothing kept, the new rows in stage order
+    assert merged_stages(path, 0.5, measured, ("startup", "artifacts")) == [measured[1], measured[0]]

@@ -556,7 +556,9 @@ def merged_stages(previous_path: Path, fraction: float, measured: list, selected
                 if group_of(entry) not in selected or entry["stage"] not in measured_names:
                     kept.append(entry)
     order = {group: index for index, group in enumerate(STAGE_GROUPS)}
-    return sorted(kept + measured, key=lambda entry: order.get(group_of(entry), len(order)))
+    # within a re-measured group its new rows come first, then the earlier rows it did not produce
+    rows = [(entry, 0) for entry in measured] + [(entry, 1) for entry in kept]
+    return [entry for entry, _ in sorted(rows, key=lambda row: (order.get(group_of(row[0]), len(order)), row[1]))]
 
 
 def print_table(report: dict) -> None:

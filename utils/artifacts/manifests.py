@@ -24,6 +24,8 @@ import numpy as np
 
 from utils.common.atomic_files import WriteError, atomic_write_text, describe_os_error, write_temporary
 from utils.common.checksums import content_sha256, file_sha256
+from utils.artifacts.errors import ArtifactMismatch, content_mismatch_error, missing_checksum_error
+from utils.artifacts.verified_features import VerifiedFeatures
 from utils.common.verified_stamp import is_stamped, stamp
 from utils.common.cli import StrictArgumentParser
 from utils.common.config import REPO_ROOT
@@ -48,10 +50,6 @@ SUBSETS = {
     "class30": ("train_part_30_class", None),
     "data30": ("train_part_30_data", None),
 }
-
-
-class ArtifactMismatch(ValueError):
-    """An artifact does not belong to the data (or model) it is about to be used with."""
 
 
 # ---- naming -------------------------------------------------------------------------------
@@ -277,16 +275,6 @@ def check_labels_content(labels: np.ndarray, labels_path, dataset_fingerprint: O
                                f"({_dataset_name(dataset_fingerprint)}) has {expected[:12]}")
 
 
-def missing_checksum_error(array_path, manifest: Mapping) -> ArtifactMismatch:
-    return ArtifactMismatch(f"{array_path}: its manifest records no content checksum (written before "
-                            f"checksums were kept): rebuild it with {manifest.get('tool') or 'its tool'}")
-
-
-def content_mismatch_error(array_path, found: str, recorded: str) -> ArtifactMismatch:
-    return ArtifactMismatch(f"{array_path} no longer matches its manifest (content sha256 {found[:12]}, "
-                            f"manifest {str(recorded)[:12]}): it was modified or replaced after it was written")
-
-
 def check_content(array_path, manifest: Mapping) -> None:
     """The file's bytes must be the ones its manifest was written for."""
     recorded = manifest.get("content_sha256")
@@ -448,7 +436,6 @@ def derive_artifact(args: argparse.Namespace, kind: str, tool: str, compute: Cal
 
 
 def _derive_into(args, kind: str, tool: str, compute: Callable, output: Path, main_array: Optional[str]) -> Path:
-    from utils.artifacts.verified_features import VerifiedFeatures
     folder, _, labels, feature_manifest, num_classes = open_scenario(args, verify_content=False)
     # the feature file's checksum is verified by the first pass compute() makes over its rows
     features = VerifiedFeatures(artifact_paths(args.SD, folder)[OLD_FEATURES], feature_manifest)

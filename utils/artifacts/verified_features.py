@@ -19,6 +19,7 @@ from typing import Iterator, Mapping, Tuple
 
 import numpy as np
 
+from utils.artifacts.errors import content_mismatch_error, missing_checksum_error
 from utils.common.checksums import CONTENT_BLOCK_BYTES, tree_top_digest
 from utils.common.verified_stamp import is_stamped, stamp
 
@@ -32,7 +33,6 @@ class VerifiedFeatures:
     counts 7.4 GB of RSS; this way a pass costs a memcpy from the page cache and RSS stays flat."""
 
     def __init__(self, path, manifest: Mapping, block_bytes: int = CONTENT_BLOCK_BYTES):
-        from utils.artifacts.manifests import missing_checksum_error
         self.path = Path(path)
         self.recorded = manifest.get("content_sha256")
         if not self.recorded:
@@ -57,7 +57,6 @@ class VerifiedFeatures:
         """(rows, rows' values) covering every row in order, read a hash block at a time (the
         values live in a reused buffer: use them before the next block); the first complete pass
         also verifies the checksum and raises ArtifactMismatch at its end if it differs."""
-        from utils.artifacts.manifests import content_mismatch_error
         verify = not self.verified
         size = os.path.getsize(self.path)
         row_bytes, offset, num_rows = self.array.strides[0], self.array.offset, len(self.array)

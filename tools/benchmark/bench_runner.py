@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tools.experiment.display import Display  # noqa: E402
 from tools.experiment.local import STATUS_FILE, LocalBackend  # noqa: E402
 from tools.experiment.plan import Step, attach_files, done_steps  # noqa: E402
-from utils.cli import StrictArgumentParser  # noqa: E402
+from utils.common.cli import StrictArgumentParser  # noqa: E402
 
 WRITE = "import sys; open(sys.argv[1], 'wb').write(bytes(int(sys.argv[2])))"
 

@@ -107,6 +107,59 @@ def test_bulk_header_read_equals_one_by_one(tmp_path):
                 assert np.array_equal(table.labels[position][:min(2, header.flag)], header.label[:2])
 
 
+def _header_tables_both_ways(reader, offsets, monkeypatch):
+    """read_headers forced through spans, then through header-only reads (small batches and
+    spans, so both paths cross several of them)."""
+    from utils.data import recordio
+    monkeypatch.setattr(recordio, "_SPAN_BYTES", 256)
+    monkeypatch.setattr(recordio, "_HEADER_READS_PER_TASK", 3)
+    monkeypatch.setattr(recordio, "_HEADER_ONLY_MIN_SPACING", float("inf"))
+    spans = reader.read_headers(offsets)
+    monkeypatch.setattr(recordio, "_HEADER_ONLY_MIN_SPACING", 0)
+    return spans, reader.read_headers(offsets)
+
+
+def test_header_only_read_equals_span_read_and_full_read(tmp_path, monkeypatch):
+    """Array labels, split records, a damaged record and offsets outside the file: the header-only
+    read gives the span read's table, the full read's header wherever it vouches for a record, and
+    FaceRecIndex the same labels (or the same one-line refusal) either way."""
+    prefix = write_mixed_rec(tmp_path)
+    reader = RecordIOReader(prefix.with_suffix(".rec"), prefix.with_suffix(".idx"))
+    keys = reader.key_array.tolist()
+    damaged_offset = reader.offset_of(3)                      # an image (keys 1..6 under header [7, 3])
+    offsets = np.r_[reader.offset_array[::-1], [-8, reader.file_size - 4, reader.file_size + 100]].astype(np.int64)
+    spans, header_only = _header_tables_both_ways(reader, offsets, monkeypatch)
+    for field in ("flag", "label", "labels", "ok"):
+        assert np.array_equal(getattr(spans, field), getattr(header_only, field)), field
+    assert not header_only.ok[-3:].any()                      # outside the file: left to read_header_at
+    assert not header_only.ok[keys[::-1].index(13)]           # split header
+    assert header_only.ok.sum() >= len(keys) - 2
+    for position, offset in enumerate(offsets[:len(keys)].tolist()):
+        full = unpack(reader.read_at(offset))[0]
+        if header_only.ok[position]:
+            assert header_only.flag[position] == full.flag
+            first = full.label if full.flag == 0 else full.label[0]
+            assert (header_only.label[position] if full.flag == 0 else header_only.labels[position][0]) == first
+    from utils.data import recordio
+    monkeypatch.setattr(recordio, "_HEADER_ONLY_MIN_SPACING", float("inf"))
+    labels_through_spans = FaceRecIndex(prefix, labels_from="images").labels
+    monkeypatch.setattr(recordio, "_HEADER_ONLY_MIN_SPACING", 0)
+    # damage record 3's magic: neither path vouches for it, and both refuse it in one line
+    with open(prefix.with_suffix(".rec"), "r+b") as handle:
+        handle.seek(damaged_offset)
+        handle.write(b"\0\0\0\0")
+    damaged = RecordIOReader(prefix.with_suffix(".rec"), prefix.with_suffix(".idx"))
+    spans, header_only = _header_tables_both_ways(damaged, damaged.offset_array, monkeypatch)
+    assert np.array_equal(spans.ok, header_only.ok) and not header_only.ok[keys.index(3)]
+    with pytest.raises(RecordIOError, match=f"bad magic 0x00000000 at offset {damaged_offset}"):
+        FaceRecIndex(prefix, labels_from="images")
+    # labels through header-only reads equal those through spans (record 3 restored)
+    with open(prefix.with_suffix(".rec"), "r+b") as handle:
+        handle.seek(damaged_offset)
+        handle.write(MAGIC_BYTES)
+    assert FaceRecIndex(prefix, labels_from="images").labels.tolist() == labels_through_spans.tolist()
+
+
 def test_read_header_at_reads_array_labels_like_a_full_read(tmp_path):
     from utils.data.recordio import unpack
     prefix = write_mixed_rec(tmp_path)
@@ -216,3 +269,23 @@ def test_stages_rerun_replaces_its_rows_and_keeps_the_others(tmp_path):
     assert rows[2]["date"] == "then" and rows[2]["load_average"]["before"] == [5.0]
     # another fraction: nothing kept, the new rows in stage order
     assert merged_stages(path, 0.5, measured, ("startup", "artifacts")) == [measured[1], measured[0]]
+
+
+def test_big_part_is_added_to_a_build_made_without_it(tmp_path):
+    """A build made with --no-big (or whose 30 GB rec was removed) gains the large-payload rec on the
+    next run that asks for it, with the prefix rec's keys and labels, and the marker says so."""
+    from tools.benchmark.scale_rehearsal import MARKER, build_data
+    work = tmp_path / "work"
+    first = build_data(work, 0.001, big=False)
+    assert not first["big_payload_rec"] and not (work / "big").exists()
+    second = build_data(work, 0.001, big=True)
+    assert second["big_payload_rec"] and json.loads((work / MARKER).read_text()) == second
+    assert second["counts"] == first["counts"] and second["disk_gb"] > first["disk_gb"]
+    small = FaceRecIndex(work / "prefix" / "train_part_70_class", labels_from="images")
+    big = FaceRecIndex(work / "big" / "train_part_70_class", labels_from="images")
+    assert np.array_equal(small.labels, big.labels) and len(big.labels) == first["counts"]["class70_images"]
+    small_rec, big_rec = (RecordIOReader(work / part / "train_part_70_class.rec", work / part / "train_part_70_class.idx")
+                          for part in ("prefix", "big"))
+    assert np.array_equal(small_rec.key_array, big_rec.key_array)
+    assert big_rec.file_size > 4 * small_rec.file_size                # the payloads are the large ones
+    assert build_data(work, 0.001, big=True) == second                # and a third run reuses it

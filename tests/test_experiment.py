@@ -254,3 +254,19 @@ def test_dry_run_works_before_the_data_is_there(tmp_path, capsys):
     assert "get_avg_feature" not in script and "get_class_meta" not in script   # no method here reads them
     assert script.count("embed_ijbc.py") == 4                                 # old, new*, two methods
     assert not out.exists()
+
+
+def test_a_split_killed_in_the_data_folder_is_planned_again(data, uninterrupted, tmp_path, capsys):
+    """Subsets beside the split's in-progress record are leftovers of a killed split (possibly
+    partly written): the plan runs the split again (which rewrites them) and everything after it."""
+    import shutil
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy, ignore=shutil.ignore_patterns(".*lock"))
+    argv = ["--data", str(copy), "--ijbc", str(copy), "--out", str(tmp_path / "out"), "--methods", "L2", *QUICK,
+            "--dry-run"]
+    assert run_experiment.main(argv) == 0
+    assert "split_dataset_ms1mv3.py" not in capsys.readouterr().out       # split earlier: not planned
+    (copy / ".split_30_70.in_progress.json").write_text("{}")
+    assert run_experiment.main(argv) == 0
+    script = capsys.readouterr().out
+    assert f"tools/split_dataset/split_dataset_ms1mv3.py --input {copy} --ratio 0.3" in script

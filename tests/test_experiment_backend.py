@@ -85,3 +85,20 @@ def test_done_from_outputs_deleted_or_changed_runs_again_with_what_follows(tmp_p
     changed_command = Step("c", ["python", "-c", "pass"], [], steps[2].outputs, "tool")
     attach_files([changed_command], tmp_path)
     assert not step_done(changed_command)            # another command: its output is not this step's
+
+
+def test_runner_benchmark_reports_every_plan_and_its_json(capsys):
+    """bench_runner at a tiny size: a line per plan with the target's verdict, then the JSON, whose
+    idle times are the runner's records (ready <= started) and whose fan-out counts only the
+    steps that waited (not the first, which had no need)."""
+    from tools.benchmark.bench_runner import TARGET_SECONDS, main
+    results = main(["--steps", "3", "--fan-out", "2", "--output-mib", "0.01"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(lines[-1]) == json.loads(json.dumps(results))
+    assert lines[0].startswith("chain      3 steps") and lines[1].startswith("fan-out 2  3 steps")
+    for name in ("chain", "fan-out 2"):
+        plan = results[name]
+        assert 0 <= plan["idle_mean"] <= plan["idle_max"] < plan["wall"]
+        assert plan["met"] == (plan["idle_max"] <= TARGET_SECONDS and (plan["overhead_per_step"] is None
+                                                                        or plan["overhead_per_step"] <= TARGET_SECONDS))
+    assert results["chain"]["overhead_per_step"] is not None and results["fan-out 2"]["overhead_per_step"] is None

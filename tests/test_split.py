@@ -1,4 +1,5 @@
 """tools/split_dataset: class and data split rules, byte-exact payloads, label-order errors."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +124,98 @@ def test_script_exits_with_one_line(tmp_path):
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and "record key 2" in result.stderr
+
+
+SUBSET_FILES = [f"train_part_{part}/{name}" for part in ("30_class", "70_class", "30_data", "70_data")
+                for name in ("train.rec", "train.idx", "property")]
+
+
+def subset_checksums(root: Path) -> dict:
+    import hashlib
+    return {name: hashlib.sha256((root / name).read_bytes()).hexdigest() for name in SUBSET_FILES}
+
+
+def test_a_split_that_died_between_subsets_is_finished_by_the_same_command(source_rec, tmp_path, monkeypatch):
+    """Killed after two of the four subsets were published: the in-progress record stays, the same
+    command writes the four subsets again (bytes equal to an uninterrupted split) and removes it;
+    the same leftovers without the record, or with the record of another input, are refused."""
+    folder, _ = source_rec
+    split_main(["--input", str(folder), "--out", str(tmp_path / "whole")])
+    expected = subset_checksums(tmp_path / "whole")
+    marker = tmp_path / "out" / ".split_30_70.in_progress.json"
+
+    real_close, closed = FaceRecWriter.close, []
+
+    def close_then_die_at_the_third(writer):
+        if len(closed) == 2:
+            raise KeyboardInterrupt          # stands in for the kill: nothing after this point runs
+        real_close(writer)
+        closed.append(writer.out_dir.name)
+
+    monkeypatch.setattr(FaceRecWriter, "close", close_then_die_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        split_main(["--input", str(folder), "--out", str(tmp_path / "out")])
+    monkeypatch.setattr(FaceRecWriter, "close", real_close)
+    assert closed == ["train_part_30_class", "train_part_70_class"] and marker.is_file()
+    assert not (tmp_path / "out" / "train_part_30_data" / "train.rec").exists()
+
+    # the record of another input (here: another ratio's files would differ; emulate by its mtime)
+    recorded = marker.read_text()
+    other = json.loads(recorded)
+    other["rec"]["mtime_ns"] += 1
+    marker.write_text(json.dumps(other))
+    with pytest.raises(ValueError, match=r"\.split_30_70\.in_progress\.json: records an interrupted split of .* not of"):
+        split_main(["--input", str(folder), "--out", str(tmp_path / "out")])
+    marker.unlink()
+    with pytest.raises(ValueError, match="train_part_30_class already holds a train.rec"):
+        split_main(["--input", str(folder), "--out", str(tmp_path / "out")])
+    marker.write_text(recorded)
+    split_main(["--input", str(folder), "--out", str(tmp_path / "out")])
+    assert subset_checksums(tmp_path / "out") == expected and not marker.exists()
+    # a complete split leaves no record, so running it again is refused as before
+    with pytest.raises(ValueError, match="already holds"):
+        split_main(["--input", str(folder), "--out", str(tmp_path / "out")])
+
+
+def test_kill_9_at_any_moment_then_the_same_command_gives_the_uninterrupted_subsets(tmp_path):
+    """The tool as a process, killed with SIGKILL at spread-out moments of its run, then run again:
+    the four subsets equal an uninterrupted split's, byte for byte, every round."""
+    import os
+    import signal
+    import time
+    source = tmp_path / "source"
+    rng = np.random.default_rng(0)
+    with FaceRecWriter(source) as writer:
+        for label in range(400):
+            for _ in range(int(rng.integers(1, 120))):
+                writer.add(label, rng.integers(0, 256, 300, dtype=np.uint8).tobytes())
+    argv = [sys.executable, str(SCRIPT), "--input", str(source)]
+    start = time.perf_counter()
+    whole = subprocess.run(argv + ["--out", str(tmp_path / "whole")], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    assert whole.returncode == 0, whole.stderr
+    expected = subset_checksums(tmp_path / "whole")
+    mid_split = temporaries = 0
+    for round_number, fraction in enumerate((0.3, 0.5, 0.65, 0.8, 0.9, 0.97)):
+        out = tmp_path / f"round{round_number}"
+        process = subprocess.Popen(argv + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(fraction * wall)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if not (out / ".split_30_70.in_progress.json").exists():
+            # the kill came before the record was written, or after the split was complete
+            assert process.returncode == 0 or not (out / "train_part_30_class").exists() or \
+                subset_checksums(out) == expected, round_number
+            if (out / "train_part_70_data" / "property").exists():
+                continue
+        else:
+            mid_split += 1
+        again = subprocess.run(argv + ["--out", str(out)], capture_output=True, text=True)
+        assert again.returncode == 0, (round_number, again.stderr)
+        assert subset_checksums(out) == expected, round_number
+        assert not (out / ".split_30_70.in_progress.json").exists()
+        left = [str(path.relative_to(out)) for path in out.rglob(".*")]
+        assert not left, (round_number, left)      # no temporary, lock or record of the killed run stays
+        temporaries += again.stdout.count("left by a writer that is gone")
+    assert mid_split >= 2, f"only {mid_split} of 6 kills landed while the split was writing"
+    assert temporaries >= 2                         # and the re-runs said they removed its temporaries

@@ -81,3 +81,48 @@ def test_second_writer_of_a_tool_output_is_refused_naming_the_holder(tmp_path, c
     assert f"{output} is being written by another run (pid {holder.pid} on {socket.gethostname()}" in line, line
     assert elapsed < 10
     assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*")) == before   # nothing written
+
+
+WRITE_AND_WAIT = """
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+from utils.common.atomic_files import unique_temporary
+descriptor, name = unique_temporary(sys.argv[2])
+os.write(descriptor, bytes(1000))
+print(name, flush=True)
+time.sleep(120)
+"""
+
+
+def test_temporaries_of_a_killed_writer_are_removed_once_the_lock_is_held(tmp_path, capsys):
+    """A writer killed with SIGKILL mid-write leaves its temporary: the next lock_files of that
+    output (every writing tool takes it) removes it and says so; a live writer's temporary, another
+    host's and any other file stay."""
+    from utils.common.output_lock import lock_files
+    output = tmp_path / "features" / "s_class70_feature.npy"
+    inside = tmp_path / "split" / "train_part_30_class" / "train.rec"     # a file inside a locked folder
+    for path in (output, inside):
+        path.parent.mkdir(parents=True)
+    writers = [subprocess.Popen([sys.executable, "-c", WRITE_AND_WAIT, str(REPO_ROOT), str(path)],
+                                stdout=subprocess.PIPE, text=True) for path in (output, inside, output)]
+    try:
+        dead, dead_inside, live = (Path(writer.stdout.readline().strip()) for writer in writers)
+        for writer in writers[:2]:
+            writer.kill()
+            writer.wait()
+        foreign = output.with_name(f".{output.name}.{writers[0].pid}@another-host.abc123.tmp")
+        foreign.write_bytes(b"x")
+        unrelated = output.with_name(f".{output.name}.notes.tmp")
+        unrelated.write_bytes(b"x")
+        assert dead.is_file() and dead_inside.is_file() and live.is_file()
+        capsys.readouterr()
+        with lock_files([output, inside.parent], also=[inside]):
+            printed = capsys.readouterr().out
+        assert not dead.exists() and not dead_inside.exists()
+        assert live.is_file() and foreign.is_file() and unrelated.is_file()
+        assert printed.count("\n") == 1 and "removed 2 temporary file(s) (0.0 MB) left by a writer that is gone" in printed
+        with lock_files([output]):
+            assert capsys.readouterr().out == ""          # nothing left to remove, nothing said
+    finally:
+        writers[2].kill()
+        writers[2].wait()

@@ -16,6 +16,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from configs.ms1mv3 import CREDIBLE_THRESHOLD, SCENARIO_SUBSETS, SUBSETS as MS1MV3_SUBSETS
 from tools.experiment.step import Step, attach_files
+from tools.split_dataset.split_dataset_ms1mv3 import in_progress_path
 from utils.artifacts.manifests import SUBSETS as ARTIFACT_SUBSETS, artifact_paths, credible_path
 from utils.common.config import REPO_ROOT, load_config
 from utils.data.face_rec import is_rec_location, read_property
@@ -27,6 +28,7 @@ METHOD_FOLDER = {"weakenedL2": "L2"}
 # method's start-up check is given) -> the step that writes it
 METHOD_ARTIFACTS = {"BCT": ("class_prototypes",), "UniBCT": ("class_prototypes",),
                     "AdvBCT": ("class_meta",), "MixBCT": ("credible_mask",)}
+SPLIT_RATIO = 0.3                # the paper's 30 / 70 subsets
 ARTIFACT_STEPS = {"class_prototypes": "class_prototypes", "credible_mask": "credible_mask", "class_meta": "class_meta"}
 OLD_SUBSET = {"OPclass": "class30", "EXclass": "class30", "OPdata": "data30", "EXdata": "data30"}
 # the reference ran every training on 8 GPUs x batch_size: the global batch any GPU count keeps
@@ -145,7 +147,10 @@ class Ms1mv3Plan:
 
     # ---- steps ------------------------------------------------------------------------------
     def needs_split(self) -> bool:
-        return not all(is_rec_location(subset_location(self.data, s)) for s in (self.old_subset, self.new_subset))
+        """A split runs when a subset of the scenario is missing, or when a split was killed there
+        (its in-progress record: the subsets beside it may be partly written)."""
+        return (in_progress_path(self.data, SPLIT_RATIO).exists()
+                or not all(is_rec_location(subset_location(self.data, s)) for s in (self.old_subset, self.new_subset)))
 
     def training(self, name: str, script: str, config: Path, role: str, paths: Dict[str, object],
                  needs: List[str]) -> Tuple[Step, object]:
@@ -165,7 +170,7 @@ class Ms1mv3Plan:
                        ("train_part_30_class", "train_part_70_class", "train_part_30_data", "train_part_70_data")
                        for name in ("train.rec", "train.idx", "property")]
             steps.append(Step("split", ["python", "tools/split_dataset/split_dataset_ms1mv3.py", "--input",
-                                        str(self.data), "--ratio", "0.3"], [], outputs, "tool"))
+                                        str(self.data), "--ratio", str(SPLIT_RATIO)], [], outputs, "tool"))
         after_split = ["split"] if split_needed else []
         old_step, old_cfg = self.training("train_old", "train_old_softmax.py" if "softmax" in self.old_config.stem
                                           else "train_old_arc.py", self.old_config, "old",

@@ -11,18 +11,28 @@ sub-folders of the input folder (of a prefix's folder, or of --out), four valid 
   train_part_70_data   the remaining images (an identity with one image goes to both data subsets)
 (30/70 follow --ratio). Deterministic, no RNG. Image payloads are copied byte for byte, streaming
 record by record, so memory stays flat for millions of images.
+
+Restartable: before writing anything the tool records what it is splitting (input files, sizes,
+mtimes, ratio) in `.split_<30>_<70>.in_progress.json` beside the subsets, and removes that record
+after the fourth subset is published. A split killed at any moment leaves the record behind, so the
+same command again rewrites the subsets (the same bytes) instead of refusing them; subsets found
+without that record (or with one of another input) are refused unless --overwrite.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.data.face_rec import (REC_NAME, FaceRecIndex, FaceRecWriter, image_record_label, is_rec_location, read_property)
+from utils.data.face_rec import (IDX_NAME, PROPERTY_NAME, REC_NAME, FaceRecIndex, FaceRecWriter,  # noqa: E402
+                                 image_record_label, is_rec_location, locate_rec, read_property)
+from utils.common.atomic_files import atomic_write_text  # noqa: E402
 from utils.common.cli import StrictArgumentParser  # noqa: E402
 from utils.common.output_lock import lock_files  # noqa: E402
 from utils.common.progress import ProgressReporter, run_tool  # noqa: E402
@@ -74,6 +84,36 @@ def split_names(ratio: float):
             "first_data": f"train_part_{first}_data", "second_data": f"train_part_{second}_data"}
 
 
+def in_progress_path(output_root, ratio: float) -> Path:
+    """The record a split into `output_root` keeps while it runs (left behind when it is killed)."""
+    names = split_names(ratio)
+    first, second = (name.split("_")[2] for name in (names["first_class"], names["second_class"]))
+    return Path(output_root) / f".split_{first}_{second}.in_progress.json"
+
+
+def split_identity(input_dir, ratio: float) -> dict:
+    """What a split is of: the input's files (resolved), their sizes and mtimes, and the ratio."""
+    location = locate_rec(input_dir)
+    identity = {"ratio": ratio}
+    for role, path in (("rec", location.rec_path), ("idx", location.idx_path)):
+        stat = path.stat()
+        identity[role] = {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return identity
+
+
+def interrupted_split(marker: Path) -> Optional[dict]:
+    """The identity an interrupted split recorded in `marker`, or None when there is none."""
+    try:
+        text = marker.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ValueError(f"{marker}: not the JSON record of an interrupted split (written atomically, so "
+                         f"not ours): remove it and the subsets beside it, or pass --overwrite") from None
+
+
 def split_rec(input_dir, output_root, ratio: float, overwrite: bool = False,
               progress_seconds: float = 30.0):
     """Write the four subsets; return {subset folder name: (num_image, num_classes)}."""
@@ -81,10 +121,19 @@ def split_rec(input_dir, output_root, ratio: float, overwrite: bool = False,
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"--ratio must be strictly between 0 and 1, got {ratio}")
     names = split_names(ratio)
+    identity = split_identity(input_dir, ratio)
+    marker = in_progress_path(output_root, ratio)
+    interrupted = None if overwrite else interrupted_split(marker)
     existing = [name for name in names.values() if (output_root / name / REC_NAME).exists()]
-    if existing and not overwrite:
+    if interrupted is not None and interrupted != identity:
+        raise ValueError(f"{marker}: records an interrupted split of {interrupted.get('rec', {}).get('path', '?')} "
+                         f"(ratio {interrupted.get('ratio', '?')}), not of {identity['rec']['path']} as it is now "
+                         f"(ratio {ratio}): remove it and the subsets beside it, or pass --overwrite")
+    if existing and interrupted is None and not overwrite:
         raise ValueError(f"{output_root / existing[0]} already holds a {REC_NAME} "
                          f"(pass --overwrite to replace it)")
+    if existing and interrupted is not None:
+        print(f"{marker}: an interrupted split of this input; writing its four subsets again", flush=True)
     # a folder named like the reference tool's prefix files would silently take their place
     shadowed = [name for name in names.values() if (output_root / f"{name}.rec").exists()]
     if shadowed:
@@ -105,6 +154,8 @@ def split_rec(input_dir, output_root, ratio: float, overwrite: bool = False,
     print(f"{input_dir}: {len(labels)} images, {int(labels[-1]) + 1} identities; "
           f"class split at identity {first_classes}", flush=True)
 
+    output_root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(marker, json.dumps(identity, indent=1) + "\n")     # before the first subset file
     writers = {key: FaceRecWriter(output_root / name, image_size=(height, width))
                for key, name in names.items()}
     progress = ProgressReporter(len(labels), "split", "img", every_seconds=progress_seconds)
@@ -134,6 +185,7 @@ def split_rec(input_dir, output_root, ratio: float, overwrite: bool = False,
     for key, writer in writers.items():
         writer.close()
         summary[names[key]] = (writer.num_image, writer.num_classes)
+    marker.unlink()                  # all four published: the split is complete
     progress.close()
     return summary
 
@@ -164,7 +216,9 @@ def main(argv=None):
         input_dir = repository / input_dir
     output_root = Path(args.out) if args.out else (input_dir if input_dir.is_dir() else input_dir.parent)
     # each subset folder is locked (`.<folder>.lock` beside it): two splits into one --out cannot interleave
-    with lock_files(output_root / name for name in split_names(args.ratio).values()):
+    subsets = [output_root / name for name in split_names(args.ratio).values()]
+    # a split killed mid-write left its temporaries inside the subset folders: removed once locked
+    with lock_files(subsets, also=[folder / name for folder in subsets for name in (REC_NAME, IDX_NAME, PROPERTY_NAME)]):
         summary = split_rec(input_dir, output_root, args.ratio, args.overwrite, args.progress_seconds)
     for name, (num_image, num_classes) in summary.items():
         print(f"{output_root / name}: {num_image} images, {num_classes} identities", flush=True)

@@ -15,6 +15,11 @@ kernel even if the holder is killed), so two starters that read the same stale o
 end up holding it. An empty or garbled lock is one being written by a starter that does not use
 that guard (an older version, a file system without flock) or one whose writer died between
 creating and filling it: it is refused while younger than WRITE_GRACE_SECONDS, stale after.
+
+A writer killed mid-write also leaves its temporary file (atomic_files.unique_temporary: the
+7 GB feature file of get_feature, a subset rec of the split). `lock_files(paths, also=...)`
+removes, once the locks are held, the temporaries of those paths whose writer on this host is
+gone, and says so in one line.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from utils.common.atomic_files import describe_os_error
+from utils.common.atomic_files import describe_os_error, remove_stale_temporaries, stale_temporaries
 from utils.common.processes import is_alive as _is_alive, process_start_time as _process_start_time
 
 LOCK_NAME = ".lock"
@@ -185,17 +190,33 @@ class FileLocks:
         self.release()
 
 
-def lock_files(paths: Iterable) -> FileLocks:
+def lock_files(paths: Iterable, also: Iterable = ()) -> FileLocks:
     """Take the lock of every file in `paths` (creating their folders), or none: the first one held
-    by another run raises its one-line refusal and the ones taken so far are released."""
+    by another run raises its one-line refusal and the ones taken so far are released. Once all are
+    held, the temporaries that dead writers left of `paths` and of `also` (files written inside a
+    locked folder) are removed, with one line naming how many and where."""
     taken: list = []
+    paths = sorted({Path(path).resolve() for path in paths})
     try:
-        for path in sorted({Path(path).resolve() for path in paths}):
+        for path in paths:
             taken.append(OutputLock.for_file(path).acquire())
     except BaseException:
         FileLocks(taken).release()
         raise
+    targets = [*paths, *(Path(path) for path in also)]
+    size = sum(_file_size(temporary) for target in targets for temporary in stale_temporaries(target))
+    removed = remove_stale_temporaries(targets)
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) ({size / 1e6:.1f} MB) left by a writer that is gone: "
+              f"{', '.join(str(path) for path in removed[:3])}{' ...' if len(removed) > 3 else ''}", flush=True)
     return FileLocks(taken)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def release_held_locks() -> None:

@@ -1,7 +1,7 @@
 """Scale rehearsal: every CPU-side stage at MS1M-V3's and IJB-C's real sizes, measured.
 
     nice -n 10 python tools/benchmark/scale_rehearsal.py --work /work/scale_data          # full size
-    python tools/benchmark/scale_rehearsal.py --work /tmp/scale_smoke --fraction 0.002     # smoke
+    python tools/benchmark/scale_rehearsal.py --work /tmp/scale_smoke --fraction 0.01      # smoke (what CI runs)
 
 Data (built once under --work, reused by later runs; a --work holding a partial build, or one
 built at another --fraction, is refused):
@@ -608,7 +608,7 @@ def machine_description() -> str:
 def main(argv=None) -> int:
     parser = StrictArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="data and results folder (outside the repository)")
-    parser.add_argument("--fraction", type=float, default=1.0, help="every count times this (CI: 0.002)")
+    parser.add_argument("--fraction", type=float, default=1.0, help="every count times this (CI: 0.01)")
     parser.add_argument("--no-big", action="store_true", help="skip the ~30 GB large-payload rec (cold prefix case)")
     parser.add_argument("--train-steps", type=int, default=50, help="steps timed for the per-step overhead")
     parser.add_argument("--decode-crops", type=int, default=2000, help="crops decoded for the throughput")

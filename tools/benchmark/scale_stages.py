@@ -116,6 +116,11 @@ def stage_training(location, steps):
     with Clock() as startup:
         dataset = FaceRecDataset(location, flip=False)
         loader, sampler = build_loader(dataset, 128, rank=0, world_size=RANKS, seed=0, num_workers=2)
+        if len(loader) < 2:
+            raise ValueError(f"{location}: {len(dataset)} images give rank 0 of {RANKS} {len(loader)} batch(es) of "
+                             f"128: too few to time a step (use a larger --fraction)")
+        # one epoch of rank 0: step 1 and at most len(loader) - 1 timed steps (a small --fraction has fewer)
+        steps = min(steps, len(loader) - 1)
         backbone = StubBackbone()
         batches = iter(loader)
         batch = to_device(next(batches), "cpu")

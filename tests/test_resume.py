@@ -176,3 +176,54 @@ def test_stop_request_absorbs_a_forwarded_repeat_and_a_later_ctrl_c_stops_at_onc
             time.sleep(1)
     assert signal.getsignal(signal.SIGINT) is previous
     assert capfd.readouterr().err.count("Ctrl-C: stopping after this step") == 1
+
+
+def test_ctrl_c_under_torchrun_stops_both_ranks_at_one_step_and_resume_matches(tmp_path):
+    """Ctrl-C in the terminal of `torchrun --nproc_per_node=2` (SIGINT to the whole group: the
+    launcher, which forwards it again, both ranks and their loader workers): both ranks stop after
+    the same step with one checkpoint, each says so once, rank 0 names the step; the only traceback
+    is torchrun's own (its SignalException, the launcher's behaviour on SIGINT). A --resume under
+    torchrun then ends with exactly the weights of an uninterrupted 2-rank run."""
+    import re
+    from tests.training_fixtures import free_port, torchrun_command
+    rec = write_tiny_rec(tmp_path / "rec")
+    keys = tiny_training_keys(rec, tmp_path / "whole", num_epoch=3, deterministic=True, save_every_steps=0,
+                              frequent=1, num_workers=2)
+    whole = run(torchrun_command("train_old_arc.py", [str(write_config(tmp_path / "whole.py", **keys))],
+                                 port=free_port()), timeout=240)
+    assert whole.returncode == 0, whole.stdout[-2000:] + whole.stderr[-2000:]
+    output = tmp_path / "ctrl_c"
+    config = write_config(tmp_path / "ctrl_c.py", **dict(keys, output=str(output)))
+    process = subprocess.Popen(torchrun_command("train_old_arc.py", [str(config)], port=free_port()),
+                               env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=str(REPO_ROOT), start_new_session=True)
+    log = output / "training.log"
+    deadline = time.time() + 180
+    while process.poll() is None and time.time() < deadline and "step 1/" not in (
+            log.read_text() if log.exists() else ""):
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    total = 12                                               # 32 images / (2 ranks x 4) x 3 epochs
+    step = torch.load(output / "checkpoint.pt", weights_only=True)["step"]
+    assert 0 < step < total, f"the run was not interrupted mid-training (checkpoint at step {step})"
+    line = f"interrupted at step {step}/{total}: {output / 'checkpoint.pt'} holds this step; continue with --resume"
+    assert stdout.strip().splitlines()[-1].endswith(line), stdout[-2000:]
+    lines = stderr.splitlines()
+    if "Traceback (most recent call last):" in lines:            # torchrun's own, on the SIGINT it received
+        first = lines.index("Traceback (most recent call last):")
+        last = next(n for n in range(first, len(lines)) if lines[n].startswith("torch.distributed.elastic")
+                    and "SignalException: " in lines[n])
+        assert any("torch/distributed/run.py" in text for text in lines[first:last]), stderr
+        lines = lines[:first] + lines[last + 1:]
+    ours = [text for text in lines if not re.match(r"^[WIE]\d{4} ", text)]   # torch elastic's log lines aside
+    assert ours == ["Ctrl-C: stopping after this step with a checkpoint (press Ctrl-C again to stop at once, "
+                    "without one)"] * 2, stderr[-3000:]
+    assert not (output / ".lock").exists()
+    resumed = run(torchrun_command("train_old_arc.py", [str(config), "--resume"], port=free_port()), timeout=240)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"step {step}/" in resumed.stdout
+    expected = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    weights = torch.load(output / "model.pt", weights_only=True)
+    different = [name for name in expected if not torch.equal(weights[name], expected[name])]
+    assert not different, f"resumed from step {step}; tensors differ: {different[:5]}"

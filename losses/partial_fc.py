@@ -123,15 +123,26 @@ class PartialFC(nn.Module):
 
     def sample_classes(self, shard_labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(sorted shard rows to use, labels remapped to positions in them): all positive
-        classes of the batch plus random negatives, num_sample rows (more if positives exceed)."""
-        positives = torch.unique(shard_labels[shard_labels >= 0])
-        if positives.numel() >= self.num_sample:
-            selected = positives
-        else:
-            # positives get a score above every random one, so top-k always keeps them
+        classes of the batch plus random negatives, num_sample rows (more if positives exceed).
+
+        When the global batch holds fewer labels than num_sample, the positives cannot fill the
+        sample: they are marked by a scatter into the scores instead of torch.unique, so every size
+        is known in advance and a GPU never waits for the host. Same random draws, same rows."""
+        if shard_labels.numel() < self.num_sample:
             scores = torch.rand(self.num_local, device=shard_labels.device)
-            scores[positives] = 2.0
+            # a spare slot takes the labels of other shards (-1): fixed sizes, no boolean mask
+            slots = torch.where(shard_labels >= 0, shard_labels, torch.full_like(shard_labels, self.num_local))
+            scores = torch.cat([scores, scores.new_zeros(1)]).index_fill_(0, slots, 2.0)[:self.num_local]
             selected = scores.topk(self.num_sample).indices.sort().values
+        else:
+            positives = torch.unique(shard_labels[shard_labels >= 0])
+            if positives.numel() >= self.num_sample:
+                selected = positives
+            else:
+                # positives get a score above every random one, so top-k always keeps them
+                scores = torch.rand(self.num_local, device=shard_labels.device)
+                scores[positives] = 2.0
+                selected = scores.topk(self.num_sample).indices.sort().values
         remapped = torch.where(shard_labels >= 0,
                                torch.searchsorted(selected, shard_labels.clamp_min(0)),
                                shard_labels)

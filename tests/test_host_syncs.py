@@ -95,6 +95,28 @@ def test_one_host_read_per_optimiser_step(tmp_path, tiny_rec, counted_host_reads
     assert all(syncs == ["Tensor.tolist"] for syncs in per_step), per_step
 
 
+def test_partial_fc_sampling_adds_no_host_sync_when_the_batch_cannot_fill_the_sample(tmp_path, counted_host_reads,
+                                                                                    monkeypatch):
+    """sample_rate < 1 with a global batch (4) below num_sample (20 of 40 classes): the sampled
+    step keeps the one host read; a batch that can fill the sample takes torch.unique (counted)."""
+    import losses.margin
+    from tests.training_fixtures import write_tiny_rec
+    monkeypatch.setattr(losses.margin, "reads_on_host", lambda device: False)
+    rec = write_tiny_rec(tmp_path / "rec", num_classes=40, per_class=2)
+    for batch_size, expected in ((4, ["Tensor.tolist"]), (24, None)):
+        config = write_config(tmp_path / f"c{batch_size}.py", **tiny_training_keys(
+            rec, tmp_path / f"out{batch_size}", num_epoch=1, frequent=1000, sample_rate=0.5, batch_size=batch_size))
+        with single_thread():
+            trainer = Trainer(load_config(str(config)), ArcFaceMethod)
+            per_step = count_step_syncs(trainer, counted_host_reads)
+        assert (trainer.head.sample_rate, trainer.head.num_sample) == (0.5, 20)
+        if expected is not None:
+            assert len(per_step) == trainer.total_steps > 1
+            assert all(syncs == expected for syncs in per_step), per_step
+        else:   # the counter sees the unique path: this test can fail
+            assert all("aten._unique2" in syncs or "aten._unique" in syncs for syncs in per_step), per_step
+
+
 def test_counter_sees_the_syncs_it_names():
     """The counter is not blind: each kind it names is counted once."""
     counter = HostSyncCounter()

@@ -154,3 +154,22 @@ def test_masked_backward_equals_the_nonzero_one_exactly():
     probabilities = shifted.exp()
     probabilities.div_(probabilities.sum(dim=1, keepdim=True))
     assert torch.equal(logits.grad, nonzero_backward(probabilities, shard_labels, torch.tensor(0.7)))
+
+
+def test_sampling_without_host_sync_picks_the_rows_of_the_unique_path():
+    """Fewer labels than num_sample: the scatter path gives, draw for draw, the rows and labels of
+    the torch.unique path written out here (other shards' labels included), for many batches."""
+    torch.manual_seed(0)
+    head = PartialFC(CombinedMarginLoss(), 8, 300, sample_rate=0.2)
+    assert head.num_sample == 60
+    for trial in range(200):
+        generator = torch.Generator().manual_seed(trial)
+        labels = torch.randint(-1, 300, (int(torch.randint(1, 60, (1,), generator=generator)),), generator=generator)
+        torch.manual_seed(trial)
+        selected, remapped = head.sample_classes(labels)
+        torch.manual_seed(trial)
+        scores = torch.rand(300)
+        scores[torch.unique(labels[labels >= 0])] = 2.0
+        expected = scores.topk(60).indices.sort().values
+        assert torch.equal(selected, expected), trial
+        assert torch.equal(torch.where(labels >= 0, selected[remapped.clamp_min(0)], labels), labels), trial

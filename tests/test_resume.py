@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,6 +127,21 @@ def test_resume_keeps_the_best_verification_accuracy(tmp_path, tiny_rec, one_thr
     assert resumed["step"] == 16 and resumed["best_accuracy"] == {"lfw": 0.75, "cfp_fp": 0.5}
 
 
+def ctrl_c_after_step_1(command, output):
+    """Start a training in its own session, send SIGINT to the whole group (as a terminal's Ctrl-C
+    does) once its log shows step 1; returns (process, stdout, stderr) after it ends."""
+    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=str(REPO_ROOT), start_new_session=True)
+    log = Path(output) / "training.log"
+    deadline = time.time() + 180
+    while process.poll() is None and time.time() < deadline and "step 1/" not in (
+            log.read_text() if log.exists() else ""):
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    return process, stdout, stderr
+
+
 def test_ctrl_c_leaves_a_checkpoint_and_one_line_and_resume_continues(reference):
     """Ctrl-C (SIGINT to the run's process group, its loader workers included, as a terminal sends
     it) stops after the current step with checkpoint.pt and one line, exit 130, no traceback; the
@@ -134,16 +150,9 @@ def test_ctrl_c_leaves_a_checkpoint_and_one_line_and_resume_continues(reference)
     output = directory / "ctrl_c"
     config = write_config(directory / "ctrl_c.py", **dict(keys, output=str(output), num_workers=2,
                                                           save_every_steps=0, frequent=1))
-    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "train_old_arc.py"), str(config)],
-                               env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=str(REPO_ROOT), start_new_session=True)
+    process, stdout, stderr = ctrl_c_after_step_1([sys.executable, str(REPO_ROOT / "train_old_arc.py"), str(config)],
+                                                  output)
     log = output / "training.log"
-    deadline = time.time() + 180
-    while process.poll() is None and time.time() < deadline and "step 1/" not in (
-            log.read_text() if log.exists() else ""):
-        time.sleep(0.005)
-    os.killpg(process.pid, signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stdout[-2000:] + stderr[-2000:]
     assert "Traceback" not in stderr and "Traceback" not in stdout, stderr[-3000:]
     assert stderr.strip().splitlines() == [
@@ -194,16 +203,8 @@ def test_ctrl_c_under_torchrun_stops_both_ranks_at_one_step_and_resume_matches(t
     assert whole.returncode == 0, whole.stdout[-2000:] + whole.stderr[-2000:]
     output = tmp_path / "ctrl_c"
     config = write_config(tmp_path / "ctrl_c.py", **dict(keys, output=str(output)))
-    process = subprocess.Popen(torchrun_command("train_old_arc.py", [str(config)], port=free_port()),
-                               env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=str(REPO_ROOT), start_new_session=True)
-    log = output / "training.log"
-    deadline = time.time() + 180
-    while process.poll() is None and time.time() < deadline and "step 1/" not in (
-            log.read_text() if log.exists() else ""):
-        time.sleep(0.005)
-    os.killpg(process.pid, signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
+    _, stdout, stderr = ctrl_c_after_step_1(torchrun_command("train_old_arc.py", [str(config)], port=free_port()),
+                                            output)
     total = 12                                               # 32 images / (2 ranks x 4) x 3 epochs
     step = torch.load(output / "checkpoint.pt", weights_only=True)["step"]
     assert 0 < step < total, f"the run was not interrupted mid-training (checkpoint at step {step})"

@@ -143,6 +143,30 @@ def test_kill_of_the_process_group_then_rerun_gives_the_same_models_and_report(d
 
 
 @pytest.mark.heavy
+def test_kill_9_again_and_again_then_the_same_models_and_report(data, uninterrupted, tmp_path):
+    """kill -9 of the whole process group at moments spread over the plan (trainings, feature
+    dumps, embeddings, the report), the same command after each kill, then once more to the end:
+    the models and the report equal the uninterrupted run's."""
+    reference, _, _ = uninterrupted
+    out = tmp_path / "out"
+    kills = []
+    for delay in (4.0, 6.5, 9.0, 5.0, 11.0, 7.5, 13.0, 8.0):
+        runner = subprocess.Popen(command(data, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env=subprocess_env(), cwd=REPO_ROOT, start_new_session=True)
+        time.sleep(delay)
+        if runner.poll() is not None:
+            break                                      # finished before this kill
+        os.killpg(runner.pid, signal.SIGKILL)
+        runner.wait()
+        kills.append(sorted(path.stem for path in (out / ".steps").glob("*.json")) if (out / ".steps").exists() else [])
+    assert len(kills) >= 4, kills                      # the kills landed while the plan ran
+    final = run(command(data, out))
+    assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+    assert checksums(out) == checksums(reference)
+    assert table(out) == table(reference)
+
+
+@pytest.mark.heavy
 def test_a_failing_step_stops_only_its_dependents(data, tmp_path):
     # the old model's training fails at start-up (unknown schedule): everything that reads the old
     # model is not run; new* (independent of it) is trained and embedded

@@ -245,7 +245,7 @@ def refused(capsys, argv) -> str:
     return lines[0]
 
 
-def test_bad_input_is_refused_with_one_line_before_anything_starts(data, tmp_path, capsys):
+def test_bad_input_is_refused_with_one_line_before_anything_starts(data, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     base = ["--ijbc", str(data), "--out", str(out), "--scenario", "OPclass", "--gpus", "none"]
     line = refused(capsys, ["--data", str(tmp_path / "nowhere"), "--setting", "softmax_to_arc_f128", *base])
@@ -256,6 +256,17 @@ def test_bad_input_is_refused_with_one_line_before_anything_starts(data, tmp_pat
                                                       *base[:-2], "--gpus", "7"])
     assert "cannot keep the global batch" in refused(capsys, ["--data", str(data), "--setting", "softmax_to_arc_f128",
                                                               *base, "--gpus-per-training", "3"])
+    # a read-only data set that still needs the split (root passes every access check: emulated)
+    import tools.experiment.ms1mv3 as ms1mv3
+    unsplit = tmp_path / "unsplit"
+    unsplit.mkdir()
+    for name in ("train.rec", "train.idx", "property"):
+        (unsplit / name).write_bytes((data / name).read_bytes())
+    real_access = os.access
+    monkeypatch.setattr(ms1mv3.os, "access", lambda path, mode: Path(path) != unsplit and real_access(path, mode))
+    line = refused(capsys, ["--data", str(unsplit), "--setting", "softmax_to_arc_f128", *base])
+    assert f"training data: {unsplit} is not writable, and the split writes its four subsets" in line, line
+    monkeypatch.undo()
     # the synthetic set's own counts against the MS1M-V3 configs' (no num_classes override)
     line = refused(capsys, ["--data", str(data), "--setting", "softmax_to_arc_f128", *base])
     assert "classes in its property file" in line

@@ -240,6 +240,12 @@ class Ms1mv3Plan:
         if self.needs_split():
             if not is_rec_location(self.data):
                 missing.append(f"training data: no train.rec / train.idx in {self.data}")
+            elif not os.access(self.data, os.W_OK | os.X_OK):
+                # a shared, read-only copy of the data set: the split could not write beside it
+                missing.append(f"training data: {self.data} is not writable, and the split writes its four "
+                               f"subsets (train_part_*) there: split once into a folder you can write "
+                               f"(tools/split_dataset/split_dataset_ms1mv3.py --input {self.data} --out DIR), "
+                               f"put the .bin sets beside them, and pass --data DIR")
         else:
             for subset in (self.old_subset, self.new_subset):
                 if not is_rec_location(subset_location(self.data, subset)):

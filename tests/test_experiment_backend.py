@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from tools.experiment.display import Display
 from tools.experiment.local import STATUS_FILE, LocalBackend, failure_summary
 from tools.experiment.plan import Step, attach_files, done_steps, record_done, step_done
@@ -46,7 +48,20 @@ def test_gpus_are_never_given_to_two_steps_and_cpu_steps_see_none(tmp_path):
         assert sum(1 for n in names if not gpus[n] and runs[n][1] <= at < runs[n][2]) <= 2
 
 
-def test_a_failing_step_stops_only_its_dependents(tmp_path):
+@pytest.fixture(params=["pidfd", "thread per child"])
+def child_watching(request, monkeypatch):
+    """Both ways the runner waits for its children: pidfds polled by one thread (Linux), and the
+    fallback of a thread per child where os.pidfd_open is missing or refused."""
+    if request.param == "thread per child":
+        def refused(pid, flags=0):
+            raise OSError(38, "Function not implemented")
+        monkeypatch.setattr(os, "pidfd_open", refused, raising=False)
+    elif not hasattr(os, "pidfd_open"):
+        pytest.skip("no os.pidfd_open on this platform")
+    return request.param
+
+
+def test_a_failing_step_stops_only_its_dependents(tmp_path, child_watching):
     failing = Step("bad", ["python", "-c", FAIL], ["first"], [str(tmp_path / "bad.out")], "tool")
     steps = [step(tmp_path, "first", seconds=0), failing, step(tmp_path, "after_bad", needs=["bad"], seconds=0),
              step(tmp_path, "later", needs=["after_bad"], seconds=0), step(tmp_path, "other", needs=["first"], seconds=0)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import select
 import shlex
 import signal
 import subprocess
@@ -59,6 +60,70 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return not self.failed and not self.blocked
+
+
+class ChildWatcher:
+    """Puts (name, exit code, CPU seconds, end time) on `events` as soon as a watched child ends.
+
+    One thread waits for every child through Linux pidfds (`os.pidfd_open`, polled together), so
+    starting a step costs no thread start: with many steps starting at once, each new thread had to
+    wait for the cores the children already started hold (measured: half of a step's start in a
+    fan-out of 40 on 2 cores). Where pidfds are missing, a thread per child waits instead. Either
+    way `os.wait4` on the child's own pid gives its exit status and the resources of that child
+    alone; no other child of the runner is reaped."""
+
+    def __init__(self, events: "queue.Queue"):
+        self.events = events
+        self._pending: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._wake_read, self._wake_write = os.pipe()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def watch(self, name: str, pid: int) -> None:
+        try:
+            descriptor = os.pidfd_open(pid)
+        except (AttributeError, OSError):      # not Linux >= 5.3, or pidfds refused here
+            threading.Thread(target=self._reap, args=(name, pid), daemon=True).start()
+            return
+        self._pending.put((name, pid, descriptor))
+        os.write(self._wake_write, b"+")
+
+    def close(self) -> None:
+        """Stop the polling thread (children still watched by it are no longer reported)."""
+        self._pending.put(None)
+        os.write(self._wake_write, b"+")
+        self._thread.join()
+        os.close(self._wake_write)
+
+    def _reap(self, name: str, pid: int) -> None:
+        _, status, usage = os.wait4(pid, 0)
+        self.events.put((name, os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime, time.time()))
+
+    def _poll(self) -> None:
+        poller, watched = select.poll(), {}
+        poller.register(self._wake_read, select.POLLIN)
+        while True:
+            for descriptor, _ in poller.poll():
+                if descriptor != self._wake_read:
+                    name, pid = watched.pop(descriptor)
+                    poller.unregister(descriptor)
+                    os.close(descriptor)
+                    self._reap(name, pid)            # the child has ended: wait4 returns at once
+                    continue
+                os.read(self._wake_read, 4096)
+                while True:
+                    try:
+                        item = self._pending.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        for left in watched:
+                            os.close(left)
+                        os.close(self._wake_read)
+                        return
+                    name, pid, pidfd = item
+                    watched[pidfd] = (name, pid)
+                    poller.register(pidfd, select.POLLIN)
 
 
 class LocalBackend:
@@ -125,10 +190,6 @@ class LocalBackend:
         atomic_write_text(self.out / STATUS_FILE, json.dumps(status, indent=1) + "\n")
 
     # ---- running ----------------------------------------------------------------------------
-    def _wait_for(self, name: str, pid: int) -> None:
-        _, status, usage = os.wait4(pid, 0)   # the exit status and resources of this child alone
-        self.events.put((name, os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime, time.time()))
-
     def _start(self, step: Step, gpu_ids: List[int], ready: float) -> None:
         argv, env = self.step_argv(step, gpu_ids), self.step_env(step, gpu_ids)
         line = command_line(argv, env)
@@ -148,7 +209,7 @@ class LocalBackend:
         self.running[step.name] = Running(step, process, gpu_ids, started, ready, line)
         self.states[step.name] = {"state": "running", "pid": process.pid, "gpus": gpu_ids, "started": started,
                                   "ready": ready, "command": line}
-        threading.Thread(target=self._wait_for, args=(step.name, process.pid), daemon=True).start()
+        self.watcher.watch(step.name, process.pid)
         resumed = " (resuming from its checkpoint)" if "--resume" in argv else ""
         where = f" on GPU {','.join(map(str, gpu_ids))}" if gpu_ids else ""
         self.display.event(f"[{self.index[step.name]}/{len(self.steps)}] {step.name}: started{where}{resumed}; "
@@ -235,6 +296,7 @@ class LocalBackend:
                                           **{k: recorded[k] for k in ("seconds", "gpus", "gpu_hours") if k in recorded}}
                 self.display.event(f"[{self.index[step.name]}/{len(self.steps)}] {step.name}: done earlier, skipped")
         previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+        self.watcher = ChildWatcher(self.events)    # before the first child: its thread starts on an idle box
         try:
             self._startable(done)
             self.write_status()
@@ -259,6 +321,7 @@ class LocalBackend:
             raise
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
+            self.watcher.close()
         self.display.close()
         return outcome
 

@@ -337,3 +337,52 @@ def test_cluster_config_file_and_flags(tmp_path):
         slurm.load_cluster_config(config)
     with pytest.raises(slurm.SlurmError, match="--gpus-per-node -1: must be at least 0"):
         slurm.options_from_args(parser.parse_args(["--gpus-per-node", "-1"]))
+
+
+def test_sacct_records_are_read_where_the_cluster_keeps_accounting(tmp_path, monkeypatch):
+    """The test cluster keeps no accounting, so sacct is stood in for by a script printing what
+    Slurm 22.05's `sacct --noheader --parsable2 --allocations --format=JobID,JobName,State,NodeList,Elapsed`
+    prints (hand-written lines: a cancelled job's state carries "by UID"); a cluster without
+    accounting (sacct exits 1) gives no records, and squeue and the outputs decide."""
+    prefix = slurm.job_prefix(tmp_path / "out")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    lines = [f"4101|{prefix}train_old|COMPLETED|node[01-02]|01:02:03",
+             f"4102|{prefix}features_old|CANCELLED by 1000|node03|00:00:41",
+             "4103|someone_else|FAILED|node04|00:00:01",
+             f"4104|{prefix}report|OUT_OF_MEMORY|node05|00:10:00"]
+    (fake / "sacct").write_text("#!/bin/bash\necho \"$@\" > " + str(fake / "argv") + "\n" +
+                                "".join(f"echo '{line}'\n" for line in lines))
+    (fake / "sacct").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    jobs = slurm.accounted_jobs(["4101", "4102", "4103", "4104"], prefix)
+    assert "--jobs=4101,4102,4103,4104" in (fake / "argv").read_text()
+    assert jobs == {"4101": slurm.Job("4101", "train_old", "COMPLETED", "", "node[01-02]", "01:02:03"),
+                    "4102": slurm.Job("4102", "features_old", "CANCELLED", "", "node03", "00:00:41"),
+                    "4104": slurm.Job("4104", "report", "OUT_OF_MEMORY", "", "node05", "00:10:00")}
+    (fake / "sacct").write_text("#!/bin/bash\necho 'sacct: error: Slurm accounting storage is disabled' >&2\nexit 1\n")
+    assert slurm.accounted_jobs(["4101"], prefix) == {}
+    # --status of jobs that have left the queue (squeue knows none of them): sacct's state, nodes
+    # and elapsed time, and the outputs for the step that has them
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.pt").write_bytes(b"model")
+    plan = [shell_step("train_old", out, "true", outputs=["old.pt"]),
+            shell_step("features_old", out, "true", needs=["train_old"], outputs=["features.npy"]),
+            shell_step("report", out, "true", needs=["features_old"], outputs=["report.json"])]
+    from tools.experiment.plan import attach_files, record_done
+    attached = attach_files(list(plan), out)
+    record_done(attached[0], seconds=1.0)                 # train_old's output is in place and recorded
+    slurm.write_record(out, {"out": str(out), "job_prefix": prefix,
+                             "steps": {"train_old": [{"job_id": "4101"}], "features_old": [{"job_id": "4102"}],
+                                       "report": [{"job_id": "4104"}]}})
+    (fake / "sacct").write_text("#!/bin/bash\n" + "".join(f"echo '{line}'\n" for line in lines))
+    (fake / "squeue").write_text("#!/bin/bash\nexit 0\n")
+    (fake / "squeue").chmod(0o755)
+    rows = {row.name: row for row in slurm.status(out, plan)}
+    assert (rows["train_old"].state, rows["train_old"].nodes, rows["train_old"].elapsed) == (
+        "COMPLETED", "node[01-02]", "01:02:03")
+    assert (rows["features_old"].state, rows["features_old"].job_id, rows["features_old"].nodes) == (
+        "CANCELLED", "4102", "node03")
+    assert rows["features_old"].note.startswith("log ")
+    assert rows["report"].state == "OUT_OF_MEMORY" and rows["report"].elapsed == "00:10:00"

@@ -125,24 +125,22 @@ class PartialFC(nn.Module):
         """(sorted shard rows to use, labels remapped to positions in them): all positive
         classes of the batch plus random negatives, num_sample rows (more if positives exceed).
 
-        When the global batch holds fewer labels than num_sample, the positives cannot fill the
-        sample: they are marked by a scatter into the scores instead of torch.unique, so every size
-        is known in advance and a GPU never waits for the host. Same random draws, same rows."""
-        if shard_labels.numel() < self.num_sample:
-            scores = torch.rand(self.num_local, device=shard_labels.device)
-            # a spare slot takes the labels of other shards (-1): fixed sizes, no boolean mask
-            slots = torch.where(shard_labels >= 0, shard_labels, torch.full_like(shard_labels, self.num_local))
-            scores = torch.cat([scores, scores.new_zeros(1)]).index_fill_(0, slots, 2.0)[:self.num_local]
-            selected = scores.topk(self.num_sample).indices.sort().values
-        else:
+        Only a batch holding at least num_sample labels can have that many positives: only then
+        are they counted (torch.unique, a host sync). Otherwise the positives are marked by a
+        scatter into the scores, so every size is known in advance and a GPU never waits for the
+        host; the random draws and the rows are those of marking the unique positives."""
+        selected = None
+        if shard_labels.numel() >= self.num_sample:
             positives = torch.unique(shard_labels[shard_labels >= 0])
             if positives.numel() >= self.num_sample:
                 selected = positives
-            else:
-                # positives get a score above every random one, so top-k always keeps them
-                scores = torch.rand(self.num_local, device=shard_labels.device)
-                scores[positives] = 2.0
-                selected = scores.topk(self.num_sample).indices.sort().values
+        if selected is None:
+            # positives get a score above every random one, so top-k always keeps them; a spare
+            # slot takes the labels of other shards (-1): fixed sizes, no boolean mask
+            scores = torch.rand(self.num_local, device=shard_labels.device)
+            slots = torch.where(shard_labels >= 0, shard_labels, torch.full_like(shard_labels, self.num_local))
+            scores = torch.cat([scores, scores.new_zeros(1)]).index_fill_(0, slots, 2.0)[:self.num_local]
+            selected = scores.topk(self.num_sample).indices.sort().values
         remapped = torch.where(shard_labels >= 0,
                                torch.searchsorted(selected, shard_labels.clamp_min(0)),
                                shard_labels)

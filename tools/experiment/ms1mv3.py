@@ -16,10 +16,10 @@ from typing import Dict, List, Sequence, Tuple
 
 from configs.ms1mv3 import CREDIBLE_THRESHOLD, SCENARIO_SUBSETS, SUBSETS as MS1MV3_SUBSETS
 from tools.experiment.step import Step, attach_files
-from tools.split_dataset.split_dataset_ms1mv3 import in_progress_path
+from tools.split_dataset.split_dataset_ms1mv3 import in_progress_path, split_names
 from utils.artifacts.manifests import SUBSETS as ARTIFACT_SUBSETS, artifact_paths, credible_path
 from utils.common.config import REPO_ROOT, load_config
-from utils.data.face_rec import is_rec_location, read_property
+from utils.data.face_rec import IDX_NAME, PROPERTY_NAME, REC_NAME, is_rec_location, read_property
 
 METHODS = ("L2", "BCT", "UniBCT", "NCCL", "AdvBCT", "MixBCT")
 SELECTABLE_METHODS = METHODS + ("weakenedL2",)
@@ -166,9 +166,8 @@ class Ms1mv3Plan:
         one_gpu = 1 if args.gpu_count else 0
         split_needed = self.needs_split()
         if split_needed:
-            outputs = [str(self.data / folder / name) for folder in
-                       ("train_part_30_class", "train_part_70_class", "train_part_30_data", "train_part_70_data")
-                       for name in ("train.rec", "train.idx", "property")]
+            outputs = [str(self.data / folder / name) for folder in split_names(SPLIT_RATIO).values()
+                       for name in (REC_NAME, IDX_NAME, PROPERTY_NAME)]
             steps.append(Step("split", ["python", "tools/split_dataset/split_dataset_ms1mv3.py", "--input",
                                         str(self.data), "--ratio", str(SPLIT_RATIO)], [], outputs, "tool"))
         after_split = ["split"] if split_needed else []

@@ -15,7 +15,7 @@ import os
 import socket
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, List
+from typing import BinaryIO, Callable, Iterable, List, Optional
 
 from utils.common.processes import is_alive
 
@@ -77,15 +77,19 @@ def stale_temporaries(path) -> List[Path]:
     return sorted(found)
 
 
-def remove_stale_temporaries(paths: Iterable) -> List[Path]:
+def remove_stale_temporaries(paths: Iterable, sizes: Optional[List[int]] = None) -> List[Path]:
     """Remove the stale temporaries of each of `paths` (a writer killed mid-write, e.g. by SIGKILL,
-    cannot); a live writer's, another host's and any other file stay. Returns the removed ones."""
+    cannot); a live writer's, another host's and any other file stay. Returns the removed ones;
+    with `sizes`, appends each removed file's size in bytes to it."""
     removed = []
     for path in paths:
         for temporary in stale_temporaries(path):
             with contextlib.suppress(FileNotFoundError):
+                size = temporary.stat().st_size if sizes is not None else 0
                 temporary.unlink()
                 removed.append(temporary)
+                if sizes is not None:
+                    sizes.append(size)
     return removed
 
 

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from utils.common.atomic_files import describe_os_error, remove_stale_temporaries, stale_temporaries
+from utils.common.atomic_files import describe_os_error, remove_stale_temporaries
 from utils.common.processes import is_alive as _is_alive, process_start_time as _process_start_time
 
 LOCK_NAME = ".lock"
@@ -203,20 +203,12 @@ def lock_files(paths: Iterable, also: Iterable = ()) -> FileLocks:
     except BaseException:
         FileLocks(taken).release()
         raise
-    targets = [*paths, *(Path(path) for path in also)]
-    size = sum(_file_size(temporary) for target in targets for temporary in stale_temporaries(target))
-    removed = remove_stale_temporaries(targets)
+    sizes: list = []
+    removed = remove_stale_temporaries([*paths, *(Path(path) for path in also)], sizes)
     if removed:
-        print(f"removed {len(removed)} temporary file(s) ({size / 1e6:.1f} MB) left by a writer that is gone: "
+        print(f"removed {len(removed)} temporary file(s) ({sum(sizes) / 1e6:.1f} MB) left by a writer that is gone: "
               f"{', '.join(str(path) for path in removed[:3])}{' ...' if len(removed) > 3 else ''}", flush=True)
     return FileLocks(taken)
-
-
-def _file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def release_held_locks() -> None:

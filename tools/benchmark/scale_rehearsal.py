@@ -264,30 +264,49 @@ def build_ijbc(root: Path, counts: dict, rng: np.random.Generator) -> None:
             handle.write("".join(f"{t},{subjects[t]},{names[first_image[t]]}\n" for t in templates.tolist()))
 
 
+def identity_sizes(counts: dict):
+    """(class30 sizes, class70 sizes, the generator after them): seed 0, so every build and any
+    part added later draws the same identities; the IJB-C build continues from that generator."""
+    rng = np.random.default_rng(0)
+    sizes30 = long_tail_sizes(counts["class30_classes"], counts["class30_images"], rng)
+    sizes70 = long_tail_sizes(counts["class70_classes"], counts["class70_images"], rng)
+    return sizes30, sizes70, rng
+
+
+def build_part(work: Path, name: str, step) -> float:
+    """Build part `name` with step() unless it is there whole (its PART_MARKER); its build seconds.
+    A folder without the marker is an interrupted build of this part: removed first."""
+    if (work / name / PART_MARKER).is_file():
+        seconds = json.loads((work / name / PART_MARKER).read_text())["seconds"]
+        print(f"reusing {name} (built in {seconds:.0f} s)", flush=True)
+        return seconds
+    if (work / name).exists():
+        shutil.rmtree(work / name)
+    start = time.perf_counter()
+    step()
+    seconds = round(time.perf_counter() - start, 1)
+    (work / name / PART_MARKER).write_text(json.dumps({"seconds": seconds}))
+    print(f"built {name}: {folder_bytes(work / name) / 1e9:.2f} GB in {seconds:.0f} s", flush=True)
+    return seconds
+
+
+def write_build_marker(work: Path, built: dict) -> None:
+    tmp = (work / MARKER).with_name(MARKER + ".tmp")
+    tmp.write_text(json.dumps(built, indent=1))
+    os.replace(tmp, work / MARKER)
+
+
 def add_big_part(work: Path, built: dict) -> dict:
     """Add the large-payload rec to a complete build made without it (`--no-big`, or removed to free
     disk): the same class70 identity sizes, drawn again from the same seed."""
     counts = built["counts"]
-    if (work / "big" / PART_MARKER).is_file():
-        seconds = json.loads((work / "big" / PART_MARKER).read_text())["seconds"]
-        print(f"reusing big (built in {seconds:.0f} s)", flush=True)
-    else:
-        if (work / "big").exists():
-            shutil.rmtree(work / "big")          # an interrupted build of this part only
-        rng = np.random.default_rng(0)
-        long_tail_sizes(counts["class30_classes"], counts["class30_images"], rng)   # advance as build_data does
-        sizes70 = long_tail_sizes(counts["class70_classes"], counts["class70_images"], rng)
-        start = time.perf_counter()
-        build_prefix(work / "big", sizes70, BIG_PAYLOAD, counts["class30_images"] + 1)
-        seconds = round(time.perf_counter() - start, 1)
-        (work / "big" / PART_MARKER).write_text(json.dumps({"seconds": seconds}))
-        print(f"built big: {folder_bytes(work / 'big') / 1e9:.2f} GB in {seconds:.0f} s", flush=True)
+    sizes70 = identity_sizes(counts)[1]
+    seconds = build_part(work, "big", lambda: build_prefix(work / "big", sizes70, BIG_PAYLOAD,
+                                                           counts["class30_images"] + 1))
     built = dict(built, big_payload_rec=True, build_seconds=dict(built["build_seconds"], big=seconds),
                  disk_gb=round(folder_bytes(work) / 1e9, 2))
     built["seconds"] = sum(built["build_seconds"].values())
-    tmp = (work / MARKER).with_name(MARKER + ".tmp")
-    tmp.write_text(json.dumps(built, indent=1))
-    os.replace(tmp, work / MARKER)
+    write_build_marker(work, built)
     return built
 
 
@@ -312,9 +331,7 @@ def build_data(work: Path, fraction: float, big: bool) -> dict:
                          f"remove it or pass another --work")
     work.mkdir(parents=True, exist_ok=True)
     counts = shapes(fraction)
-    rng = np.random.default_rng(0)
-    sizes30 = long_tail_sizes(counts["class30_classes"], counts["class30_images"], rng)
-    sizes70 = long_tail_sizes(counts["class70_classes"], counts["class70_images"], rng)
+    sizes30, sizes70, rng = identity_sizes(counts)
     sizes = np.concatenate([sizes30, sizes70])
     timings = {}
     for name, step in [("ms1m", lambda: build_ms1m(work / "ms1m", sizes)),
@@ -323,22 +340,12 @@ def build_data(work: Path, fraction: float, big: bool) -> dict:
                        ("ijbc", lambda: build_ijbc(work / "ijbc", counts, rng))]:
         if name == "big" and not big:
             continue
-        if (work / name / PART_MARKER).is_file():
-            timings[name] = json.loads((work / name / PART_MARKER).read_text())["seconds"]
-            print(f"reusing {name} (built in {timings[name]:.0f} s)", flush=True)
-            continue
-        start = time.perf_counter()
-        step()
-        timings[name] = round(time.perf_counter() - start, 1)
-        (work / name / PART_MARKER).write_text(json.dumps({"seconds": timings[name]}))
-        print(f"built {name}: {folder_bytes(work / name) / 1e9:.2f} GB in {timings[name]:.0f} s", flush=True)
+        timings[name] = build_part(work, name, step)
     built = {"fraction": fraction, "counts": counts, "seconds": sum(timings.values()), "build_seconds": timings,
              "disk_gb": round(folder_bytes(work) / 1e9, 2), "max_identity_size": int(sizes.max()),
              "min_identity_size": int(sizes.min()), "median_identity_size": float(np.median(sizes)),
              "big_payload_rec": big}
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps(built, indent=1))
-    os.replace(tmp, marker)
+    write_build_marker(work, built)
     print(f"data: {built['disk_gb']:.1f} GB in {built['seconds']:.0f} s; identity sizes "
           f"{built['min_identity_size']}..{built['max_identity_size']}, median {built['median_identity_size']}",
           flush=True)

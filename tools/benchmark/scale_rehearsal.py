@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import numpy as np  # noqa: E402
 
 from tools.benchmark.scale_stages import RANKS, folder_bytes  # noqa: E402
+from utils.common.atomic_files import atomic_write_text  # noqa: E402
 from utils.common.cli import StrictArgumentParser  # noqa: E402
 
 FULL = {"images": 5_179_510, "classes": 93_431, "class30_images": 1_581_241, "class30_classes": 28_029,
@@ -291,9 +292,7 @@ def build_part(work: Path, name: str, step) -> float:
 
 
 def write_build_marker(work: Path, built: dict) -> None:
-    tmp = (work / MARKER).with_name(MARKER + ".tmp")
-    tmp.write_text(json.dumps(built, indent=1))
-    os.replace(tmp, work / MARKER)
+    atomic_write_text(work / MARKER, json.dumps(built, indent=1))
 
 
 def add_big_part(work: Path, built: dict) -> dict:
@@ -645,9 +644,7 @@ def main(argv=None) -> int:
               "build": built, "seconds": round(time.perf_counter() - start, 1),
               "stages": merged_stages(work / RESULT, args.fraction, stages, selected)}
     print_table(report)
-    tmp = work / f".{RESULT}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, work / RESULT)
+    atomic_write_text(work / RESULT, json.dumps(report, indent=1) + "\n")
     print(f"written {work / RESULT}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     return 0
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from tools.ijbc_eval.alignment import ALIGNED_SIZE, REFERENCE_POINTS
 from utils.common.checksums import file_sha256
-from utils.common.atomic_files import atomic_write, describe_os_error, unique_temporary
+from utils.common.atomic_files import atomic_write, describe_os_error, unique_temporary, user_cache_dir
 
 CACHE_FORMAT = 2
 TRAINING_NORMALISATION = "(x - 127.5) / 127.5"
@@ -112,8 +112,7 @@ DEFAULT_CACHE_NAME = ".eval_cache"   # inside the data folder
 
 def user_cache_root() -> Path:
     """The per-user cache folder for embeddings of data folders that cannot hold their own cache."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "mixbct" / "eval_cache"
+    return user_cache_dir("eval_cache")
 
 
 def cache_write_problem(folder: Path, create_parents: bool = True) -> Optional[str]:

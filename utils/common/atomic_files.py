@@ -37,6 +37,12 @@ def describe_os_error(error: OSError, path, action: str = "writing") -> str:
     return f"{reason} while {action} {path}"
 
 
+def user_cache_dir(name: str) -> Path:
+    """This library's per-user cache folder `name` ($XDG_CACHE_HOME or ~/.cache, then mixbct/name),
+    for caches a read-only data folder cannot hold beside it. Not created here."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mixbct" / name
+
+
 TEMPORARY_SUFFIX = ".tmp"
 
 

@@ -22,10 +22,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from utils.common.atomic_files import unique_temporary
+from utils.common.atomic_files import unique_temporary, user_cache_dir
 from utils.common.checksums import file_sha256
 
-CACHE_ENV = "XDG_CACHE_HOME"
 # Below this many images the headers are read in well under a second: no file is left beside them.
 CACHE_MIN_IMAGES = 100_000
 
@@ -40,7 +39,7 @@ def label_cache_path(idx_path, rec_size: int, index_sha256: str) -> Path:
     name = f".{idx_path.name}.labels-{index_sha256[:20]}-{int(rec_size)}.npy"
     if _writable_folder(idx_path.parent):
         return idx_path.parent / name
-    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache") / "mixbct" / "labels"
+    root = user_cache_dir("labels")
     root.mkdir(parents=True, exist_ok=True)
     return root / f"{idx_path.resolve().as_posix().strip('/').replace('/', '_')}{name}"
 

@@ -135,15 +135,23 @@ def prepare_slurm(args):
     return plan, plan.steps(), options
 
 
+def input_problems(plan, steps, dry_run: bool) -> list:
+    """The plan's missing inputs and class-count mismatches: a warning line each on --dry-run (the
+    plan can be read before the data is there), else the first one refuses the run."""
+    problems = plan.missing_inputs() + plan.class_count_mismatches(steps)
+    if dry_run:
+        for problem in problems:
+            print(f"warning: {problem}", file=sys.stderr)
+    elif problems:
+        more = f" (and {len(problems) - 1} more: --dry-run lists them)" if len(problems) > 1 else ""
+        raise ValueError(f"{problems[0]}{more}")
+    return problems
+
+
 def run_slurm(args) -> int:
     """Submit (or dry-run) the plan to Slurm; the jobs run on without this process."""
     plan, steps, options = prepare_slurm(args)
-    problems = plan.missing_inputs() + plan.class_count_mismatches(steps)
-    for problem in problems if args.dry_run else ():
-        print(f"warning: {problem}", file=sys.stderr)
-    if problems and not args.dry_run:
-        more = f" (and {len(problems) - 1} more: --dry-run lists them)" if len(problems) > 1 else ""
-        raise ValueError(f"{problems[0]}{more}")
+    input_problems(plan, steps, args.dry_run)
     job_ids = slurm.submit(steps, plan.out, options, dry_run=args.dry_run)
     if not args.dry_run:
         print(f"{PROGRAM}: {args.scenario} {args.setting}: {len(job_ids)} job(s) submitted; watch with: "
@@ -179,16 +187,11 @@ def main(argv=None) -> int:
             print("\n".join(status_lines(args.out.resolve())))
             return 0
         plan, steps, gpus = prepare(args)
-        problems = plan.missing_inputs() + plan.class_count_mismatches(steps)
+        problems = input_problems(plan, steps, args.dry_run)
         backend = LocalBackend(steps, plan.out, gpus, args.max_parallel, Display(period=args.log_every))
         if args.dry_run:
-            for problem in problems:
-                print(f"warning: {problem}", file=sys.stderr)
             sys.stdout.write(backend.dry_run_script(done_steps(steps), problems))
             return 0
-        if problems:
-            more = f" (and {len(problems) - 1} more: --dry-run lists them)" if len(problems) > 1 else ""
-            raise ValueError(f"{problems[0]}{more}")
         lock = OutputLock(plan.out).acquire()   # one runner per --out
     except ValueError as error:
         print(f"{PROGRAM}: error: {error}", file=sys.stderr, flush=True)

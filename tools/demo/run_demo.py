@@ -41,12 +41,13 @@ from tools.demo.seeds import missing_seed_results, parse_seeds, write_seed_repor
 from tools.experiment.local import LocalBackend, failure_summary  # noqa: E402
 from tools.experiment.plan import Step, attach_files  # noqa: E402
 from tools.ijbc_eval.protocol import subset_paths  # noqa: E402
+from tools.split_dataset.split_dataset_ms1mv3 import split_names  # noqa: E402
 from tools.ijbc_eval.report import write_json  # noqa: E402
 from utils.artifacts.manifests import artifact_paths, credible_path, write_text_atomic  # noqa: E402
 from utils.common.cli import StrictArgumentParser  # noqa: E402
 from utils.common.config import load_config  # noqa: E402
 from utils.common.output_lock import OutputLock  # noqa: E402
-from utils.data.face_rec import FaceRecIndex  # noqa: E402
+from utils.data.face_rec import IDX_NAME, PROPERTY_NAME, REC_NAME, FaceRecIndex  # noqa: E402
 
 METHODS = ("L2", "BCT", "UniBCT", "NCCL", "AdvBCT", "MixBCT")
 
@@ -120,9 +121,7 @@ def plan(args, seed: int, out: Path):
                     training_output=str(training_output or ""))
 
     ijbc_files = [path for key, path in subset_paths(data, "IJBC").items() if key not in ("root", "images")]
-    subsets = [data / folder / name for folder in ("train_part_30_class", "train_part_70_class",
-                                                  "train_part_30_data", "train_part_70_data")
-               for name in ("train.rec", "train.idx", "property")]
+    subsets = [data / folder / name for folder in split_names(0.3).values() for name in (REC_NAME, IDX_NAME, PROPERTY_NAME)]
     steps = [
         # train.rec and the .bin sets first (the trainings need both) on every core, IJB-C beside the trainings
         Step("generate", python_script("tools/synthetic/generate.py", "--out", data, "--seed", seed,

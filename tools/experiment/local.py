@@ -336,9 +336,10 @@ def failure_summary(backend: LocalBackend, outcome: Outcome) -> str:
     for name in outcome.failed:
         step = backend.by_name[name]
         lines.append(f"failed: {name} ({backend.states[name].get('reason', '')}); log {step.log}")
-        tail = log_tail(step.log, 5)
+        recent = log_tail(step.log, 200)
+        tail = recent[-5:]
         # a launcher's report can push the step's own one-line error out of the last lines
-        errors = [line for line in log_tail(step.log, 200) if "error:" in line and line not in tail]
+        errors = [line for line in recent if "error:" in line and line not in tail]
         lines += [f"    {line}" for line in errors[-1:] + tail]
     if outcome.blocked:
         lines.append(f"not run (they need a failed step): {', '.join(outcome.blocked)}")

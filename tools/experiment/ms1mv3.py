@@ -25,11 +25,10 @@ METHODS = ("L2", "BCT", "UniBCT", "NCCL", "AdvBCT", "MixBCT")
 SELECTABLE_METHODS = METHODS + ("weakenedL2",)
 METHOD_FOLDER = {"weakenedL2": "L2"}
 # the artifact config keys each method reads (besides old_features / old_labels, which every
-# method's start-up check is given) -> the step that writes it
+# method's start-up check is given); the step that writes each one has the key's name
 METHOD_ARTIFACTS = {"BCT": ("class_prototypes",), "UniBCT": ("class_prototypes",),
                     "AdvBCT": ("class_meta",), "MixBCT": ("credible_mask",)}
 SPLIT_RATIO = 0.3                # the paper's 30 / 70 subsets
-ARTIFACT_STEPS = {"class_prototypes": "class_prototypes", "credible_mask": "credible_mask", "class_meta": "class_meta"}
 OLD_SUBSET = {"OPclass": "class30", "EXclass": "class30", "OPdata": "data30", "EXdata": "data30"}
 # the reference ran every training on 8 GPUs x batch_size: the global batch any GPU count keeps
 REFERENCE_PROCESSES = 8
@@ -47,10 +46,6 @@ def reference_grid() -> Dict[str, Dict[str, Path]]:
             scenario, method, setting = match.groups()
             grid.setdefault(scenario, {}).setdefault(setting, {})[method] = path
     return grid
-
-
-def settings_of(scenario: str) -> List[str]:
-    return sorted(reference_grid().get(scenario, {}))
 
 
 def relative(path: Path) -> str:
@@ -204,10 +199,11 @@ class Ms1mv3Plan:
         for method in args.methods:
             config = self.method_configs[method]
             output = self.out / "work_dirs" / config.stem
-            keys = ("old_features", "old_labels", *METHOD_ARTIFACTS.get(METHOD_FOLDER.get(method, method), ()))
+            artifacts = METHOD_ARTIFACTS.get(METHOD_FOLDER.get(method, method), ())
+            keys = ("old_features", "old_labels", *artifacts)
             paths = {"rec": str(self.new_rec), "output": str(output),
                      **{key: {**feature_files, **artifact_files}[key] for key in keys}}
-            needs = ["features_old", *[ARTIFACT_STEPS[key] for key in keys if key in ARTIFACT_STEPS]]
+            needs = ["features_old", *artifacts]
             script = f"BCT_methods/{METHOD_FOLDER.get(method, method)}/train.py"
             step, cfg = self.training(f"train_{method}", script, config, "new", paths, needs)
             steps.append(step)
@@ -296,10 +292,6 @@ def parse_set_flags(argv: Sequence[str]) -> List[str]:
         elif taking:
             texts.append(token)
     return texts
-
-
-def ms1mv3_plan(args) -> List[Step]:
-    return Ms1mv3Plan(args).steps()
 
 
 def default_workers() -> int:

@@ -16,13 +16,12 @@ import os
 from pathlib import Path
 from typing import List, Optional
 
-from tools.experiment.ms1mv3 import ms1mv3_plan
 from tools.experiment.step import STATE_FOLDER, Step, attach_files  # noqa: F401  (re-exported: the plan interface)
 from utils.common.atomic_files import atomic_write_text
 from utils.common.checksums import content_sha256
 
 __all__ = ["Step", "attach_files", "record_done", "step_done", "done_steps", "read_step_manifest",
-           "launcher_argv", "record_started", "resume_flags", "build_plan"]
+           "launcher_argv", "record_started", "resume_flags"]
 
 def _manifest_path(step: Step) -> Path:
     if step.manifest:
@@ -136,7 +135,3 @@ def resume_flags(step: Step) -> List[str]:
         started = None
     return ["--resume"] if checkpoint and started == step.argv else ["--start-over"]
 
-
-def build_plan(args) -> List[Step]:
-    """The MS1M-V3 / IJB-C plan of one scenario and setting (tools/experiment/ms1mv3.py)."""
-    return ms1mv3_plan(args)

@@ -37,7 +37,7 @@ def test_verifying_pass_yields_every_row_once_and_checks_the_tree_hash(tmp_path,
     features, _, path = write_features(tmp_path)
     manifest = {"content_sha256": content_sha256(path, block_bytes=block_bytes)}
     reader = VerifiedFeatures(path, manifest, block_bytes=block_bytes)
-    seen = [(rows, block.copy()) for rows, block in reader.row_blocks(64)]
+    seen = [(rows, block.copy()) for rows, block in reader.row_blocks()]
     assert reader.verified
     assert [rows.start for rows, _ in seen] == sorted({rows.start for rows, _ in seen})
     np.testing.assert_array_equal(np.concatenate([block for _, block in seen]), features)
@@ -54,7 +54,7 @@ def test_a_changed_byte_is_refused_at_the_end_of_the_pass(tmp_path):
         handle.write(b"\x7f")
     reader = VerifiedFeatures(path, manifest, block_bytes=4096)
     with pytest.raises(ArtifactMismatch, match="modified or replaced after it was written"):
-        for _ in reader.row_blocks(64):
+        for _ in reader.row_blocks():
             pass
     assert not reader.verified
     with pytest.raises(ArtifactMismatch, match="records no content checksum"):

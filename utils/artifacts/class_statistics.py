@@ -31,7 +31,7 @@ def _float64_chunks(features, labels: np.ndarray, chunk_rows: Optional[int]
     buffer reused for every chunk: consume it (transforms may work in place) before the next."""
     chunk_rows = chunk_rows or DEFAULT_CHUNK_ROWS
     if hasattr(features, "row_blocks"):      # VerifiedFeatures: large blocks, verified while read
-        blocks = features.row_blocks(max(chunk_rows, 1 << 15))
+        blocks = features.row_blocks()
     else:
         blocks = ((rows, features[rows]) for rows in _row_chunks(features.shape[0], chunk_rows))
     buffer = torch.empty(min(chunk_rows, max(1, features.shape[0])), features.shape[1], dtype=torch.float64)

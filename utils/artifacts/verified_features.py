@@ -53,7 +53,7 @@ class VerifiedFeatures:
     def __getitem__(self, key):
         return self.array[key]
 
-    def row_blocks(self, chunk_rows: int = 0) -> Iterator[Tuple[slice, np.ndarray]]:
+    def row_blocks(self) -> Iterator[Tuple[slice, np.ndarray]]:
         """(rows, rows' values) covering every row in order, read a hash block at a time (the
         values live in a reused buffer: use them before the next block); the first complete pass
         also verifies the checksum and raises ArtifactMismatch at its end if it differs."""

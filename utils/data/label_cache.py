@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from utils.common.atomic_files import unique_temporary, user_cache_dir
+from utils.common.atomic_files import WriteError, atomic_write, user_cache_dir
 from utils.common.checksums import file_sha256
 
 # Below this many images the headers are read in well under a second: no file is left beside them.
@@ -55,19 +55,6 @@ def _load(path: Path, count: int) -> Optional[np.ndarray]:
     return labels
 
 
-def _publish(path: Path, labels: np.ndarray) -> None:
-    descriptor, temporary = unique_temporary(path)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            np.save(handle, labels, allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def cached_labels(idx_path, rec_size: int, count: int, read_labels: Callable[[], np.ndarray],
                   index_sha256: Optional[str] = None) -> np.ndarray:
     """The `count` int64 labels of this index: from the cache, else `read_labels()` once (under
@@ -94,7 +81,7 @@ def cached_labels(idx_path, rec_size: int, count: int, read_labels: Callable[[],
             return labels
         labels = np.ascontiguousarray(read_labels(), dtype=np.int64)
         try:
-            _publish(path, labels)
-        except OSError:
+            atomic_write(path, lambda handle: np.save(handle, labels, allow_pickle=False))
+        except (OSError, WriteError):
             pass
         return labels

@@ -188,8 +188,11 @@ _CHECK_BLOCK_BYTES = 1 << 23
 # First read of a record: up to the next indexed record, at most 1 MiB; 16 KiB (a face JPEG) without
 # an index. More is read when the record turns out longer.
 _MAX_FIRST_READ, _UNINDEXED_FIRST_READ = 1 << 20, 1 << 14
+# read_header_at and the bulk header reads take this many array labels with the header (identity
+# records have 2).
+_HEADER_LABELS_READ = 2
 # Bulk header reads: chunk header + IRHeader + the first two array labels, from spans of the file.
-_HEAD_BYTES = CHUNK_HEADER.size + IR_HEADER.size + 8
+_HEAD_BYTES = CHUNK_HEADER.size + IR_HEADER.size + 4 * _HEADER_LABELS_READ
 _SPAN_BYTES = 1 << 23
 # Spans in flight at once: measured on this project's VM disk, 4 concurrent 8 MiB reads gave ~1.5x
 # one reader's cold throughput (1.1 -> 1.8 GB/s); more gained nothing. The 29.7 GB rehearsal rec
@@ -202,8 +205,6 @@ _SPANS_IN_FLIGHT = 4
 _HEADER_ONLY_MIN_SPACING = 1 << 15
 _HEADER_READS_IN_FLIGHT = 16
 _HEADER_READS_PER_TASK = 4096
-# read_header_at reads this many array labels with the header (identity records have 2).
-_HEADER_LABELS_READ = 2
 
 
 def _lines_are_canonical(block: bytes) -> bool:
@@ -494,8 +495,7 @@ class RecordIOReader:
     def read_header_at(self, offset: int) -> IRHeader:
         """The IRHeader of the record at `offset`, reading only its first bytes (32, plus the array
         labels) when the record is one whole chunk."""
-        head_size = CHUNK_HEADER.size + IR_HEADER.size + 4 * _HEADER_LABELS_READ
-        head = os.pread(self._descriptor(), head_size, max(offset, 0))
+        head = os.pread(self._descriptor(), _HEAD_BYTES, max(offset, 0))
         if len(head) >= CHUNK_HEADER.size + IR_HEADER.size and 0 <= offset < self.file_size:
             magic, lrecord = CHUNK_HEADER.unpack_from(head)
             length = lrecord & MAX_CHUNK_LENGTH

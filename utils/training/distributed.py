@@ -177,15 +177,6 @@ def check_on_rank0(check: Callable[[], object]) -> None:
         raise RankFailure(line)
 
 
-def raise_first_failure(failed_ranks: Sequence[int], own_line: Optional[str]) -> None:
-    """Every rank, after learning (through a collective they all ran) which ranks failed: raise
-    RankFailure with the line of the lowest failed rank, sent by that rank (collective)."""
-    if failed_ranks:
-        line = broadcast_object(own_line, source=min(failed_ranks))
-        barrier()   # no rank leaves while another still receives (see check_on_rank0)
-        raise RankFailure(line)
-
-
 def agree_on_failure(own_line: Optional[str]) -> None:
     """Each rank passes its own failure line or None; when any rank failed, every rank raises
     RankFailure with the lowest failed rank's line (collective: call on every rank)."""

@@ -30,7 +30,7 @@ from utils.training.checkpoint import (CHECKPOINT_FILE, DEBUG_CHECKPOINT_FILE, M
 from utils.common.atomic_files import remove_stale_temporaries
 from utils.common.cli import StrictArgumentParser
 from utils.common.config import (RESUME_FIXED_KEYS, RESUME_IGNORED_KEYS, comparable_config, config_differences, config_to_json, load_config, save_config)
-from utils.training.distributed import (agree_on_failure, all_gather_no_grad, all_reduce_sum, average_gradients, broadcast_object, broadcast_parameters, check_on_rank0, cleanup, failure_line, gather_objects, init_distributed, raise_first_failure, remove_launcher_args)
+from utils.training.distributed import (agree_on_failure, all_gather_no_grad, all_reduce_sum, average_gradients, broadcast_object, broadcast_parameters, check_on_rank0, cleanup, failure_line, gather_objects, init_distributed, remove_launcher_args)
 from utils.data.datasets import FaceRecDataset
 from utils.data.build import build_dataset
 from utils.data.face_rec import read_property
@@ -232,8 +232,9 @@ class Trainer:
         # 1 once this rank was asked to stop (Ctrl-C); summed over ranks with the step's other flags
         self.stop_flag = torch.zeros(1, device=self.device)
         self.stop_request: Optional[StopRequest] = None
-        self.stop_flag_set = self.stop_agreed = False
+        self.stop_agreed = False
         self.data_failure: Optional[str] = None   # this rank's loader failed (bad record): its one line
+        self.data_failed_flag = torch.zeros(1, device=self.device)   # 1 once data_failure is set
         self.verification = VerificationCallback(cfg, self.rank, self.device, self.logger)
         resume_notes = self._restore(Path(cfg.output) / CHECKPOINT_FILE) if cfg.resume else []
         self.model = self._wrap(self.backbone)
@@ -455,19 +456,15 @@ class Trainer:
     def _agree_on_step(self) -> bool:
         """One all-reduce and one host read per optimiser step: (1) whether any rank saw a non-finite
         loss in this step (returned), (2) whether any rank was asked to stop (Ctrl-C; kept in
-        self.stop_agreed, so every rank stops after the same step), (3) which ranks' loaders failed
-        in this step (every rank then raises the first failed rank's line, before the step is
+        self.stop_agreed, so every rank stops after the same step), (3) whether any rank's loader failed
+        in this step (every rank then raises the lowest failed rank's line, before the step is
         applied), (4) with fp16, whether any rank's GradScaler found an inf/NaN gradient. The summed
         inf flag is written back into every rank's scaler, so all ranks skip the same steps and keep
         the same scale: a rank that skipped alone would leave its replica behind for good (DDP never
         re-syncs weights)."""
-        if self.stop_request is not None and self.stop_request.requested and not self.stop_flag_set:
+        if self.stop_request is not None and self.stop_request.requested:
             self.stop_flag.fill_(1.0)   # a kernel, not a host read: the flag travels in the all-reduce
-            self.stop_flag_set = True
-        failed = torch.zeros(self.world_size, device=self.device)
-        if self.data_failure is not None:
-            failed[self.rank] = 1.0
-        flags = [self.nonfinite_losses.reshape(1), self.stop_flag, failed]
+        flags = [self.nonfinite_losses.reshape(1), self.stop_flag, self.data_failed_flag]
         found_inf = scaler_found_inf(self.scaler, self.optimizer) if self.scaler is not None else []
         if found_inf:
             flags.append(torch.stack([flag.reshape(()).to(self.device, torch.float32) for flag in found_inf]).sum()
@@ -476,7 +473,8 @@ class Trainer:
         for flag in found_inf:
             flag.copy_(flags[-1].reshape(flag.shape))
         values = flags.tolist()   # the one host read of the step
-        raise_first_failure([rank for rank in range(self.world_size) if values[2 + rank] > 0], self.data_failure)
+        if values[2] > 0:         # some rank's loader failed: every rank raises the lowest failed rank's line
+            agree_on_failure(self.data_failure)
         self.stop_agreed = values[1] > 0
         return values[0] > 0
 
@@ -505,6 +503,7 @@ class Trainer:
                 if self.world_size == 1:
                     raise
                 self.data_failure = failure_line(error)
+                self.data_failed_flag.fill_(1.0)
         return self._stand_in_batch()
 
     def _stand_in_batch(self) -> dict:
